@@ -1,0 +1,39 @@
+# Two commands run the course: `make lab` and `make test`. Both create .venv/ on first use.
+#   make lab  PORT=8888 IP=127.0.0.1   serve the course with JupyterLab (no browser is opened)
+#   make test                           run every test: library, notebooks (nbval), grading round trip
+#   make notebooks                      regenerate notebooks/ (student versions) from solutions/ with nbgrader
+#   make lock                           re-resolve requirements.in into the pinned requirements.txt
+# PIP_ARGS passes extra options to pip, e.g. a CPU-only torch index on a machine whose default torch is CUDA.
+
+PYTHON ?= python3
+VENV ?= .venv
+PORT ?= 8888
+IP ?= 127.0.0.1
+PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: lab test notebooks lock
+
+$(STAMP): requirements.txt lib/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt $(PIP_ARGS)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e lib
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --no-browser --ip=$(IP) --port=$(PORT) --ServerApp.root_dir=$(CURDIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+notebooks: $(STAMP)
+	$(BIN)/python -m tools.release
+
+lock:
+	rm -rf /tmp/llmscratch-lock && $(PYTHON) -m venv /tmp/llmscratch-lock
+	/tmp/llmscratch-lock/bin/python -m pip install --quiet -r requirements.in $(PIP_ARGS)
+	{ sed -n '1,3p' requirements.txt; /tmp/llmscratch-lock/bin/python -m pip freeze | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > requirements.txt.new
+	mv requirements.txt.new requirements.txt
