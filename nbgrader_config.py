@@ -18,6 +18,7 @@ c.CourseDirectory.release_directory = "notebooks"
 c.CourseDirectory.submitted_directory = os.path.join("grading", "submitted")
 c.CourseDirectory.autograded_directory = os.path.join("grading", "autograded")
 c.CourseDirectory.feedback_directory = os.path.join("grading", "feedback")
+os.makedirs(os.path.join(HERE, "grading"), exist_ok=True)  # sqlite creates the file, not its folder
 c.CourseDirectory.db_url = "sqlite:///" + os.path.join(HERE, "grading", "gradebook.db")
 
 # Restore test cells a student deleted, and grade every test cell with the instructor's original.

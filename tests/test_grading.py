@@ -1,0 +1,119 @@
+"""The grading round trip, for real: nbgrader generate_assignment and autograde on a throw-away course.
+
+Four submissions per chapter: the solution (full marks), the untouched student notebook (zero,
+without crashing), one typical mistake (partial marks) and a student who broke two exercises and
+then deleted one test cell and emptied another (the original tests still run and catch both).
+"""
+
+import re
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from nbgrader.api import Gradebook
+
+from tools.release import ROOT
+
+SOLUTION_BLOCK = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*\n", re.MULTILINE)
+
+# Per chapter: the grade_id of a solution cell, what a typical wrong answer puts in it, and the
+# test cells it must fail. Then the tampering case: two answers broken and their tests removed.
+CASES = {
+    "00_language_models": {
+        "mistake": ("softmax", "def softmax(x, dim=-1):\n    e = x.exp()  # no max subtracted: overflows\n"
+                               "    return e / e.sum(dim=dim, keepdim=True)\n", {"test_softmax"}),
+        "tamper": {
+            "broken": {"softmax": "def softmax(x, dim=-1):\n    return x\n",
+                       "cross_entropy": "def cross_entropy(logits, targets):\n    return logits.sum() * 0\n"},
+            "deleted": "test_softmax",
+            "emptied": "test_cross_entropy",
+        },
+    },
+}
+
+
+def nbgrader(*args, cwd):
+    result = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def grade_id(cell):
+    return cell.metadata.get("nbgrader", {}).get("grade_id")
+
+
+def with_answers(student_nb, answers):
+    nb = nbformat.from_dict(student_nb)
+    for cell in nb.cells:
+        if grade_id(cell) in answers:
+            cell.source = answers[grade_id(cell)]
+    return nb
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def graded(request, tmp_path_factory):
+    """Generate, submit four notebooks and autograde them; returns (chapter, scores, max score, gradebook)."""
+    chapter = request.param
+    course = tmp_path_factory.mktemp("course")
+    shutil.copy(ROOT / "nbgrader_config.py", course)
+    shutil.copytree(ROOT / "solutions" / chapter, course / "solutions" / chapter)
+    nbgrader("generate_assignment", chapter, "--force", cwd=course)
+
+    source = nbformat.read(course / "solutions" / chapter / f"{chapter}.ipynb", as_version=4)
+    student = nbformat.read(course / "notebooks" / chapter / f"{chapter}.ipynb", as_version=4)
+    solution_answers = {grade_id(c): SOLUTION_BLOCK.sub("", c.source) for c in source.cells
+                        if c.metadata.get("nbgrader", {}).get("solution")}
+    case = CASES[chapter]
+    wrong_id, wrong_source, _ = case["mistake"]
+    tamper = case["tamper"]
+    tampered = with_answers(student, {**solution_answers, **tamper["broken"], tamper["emptied"]: "pass\n"})
+    tampered.cells = [c for c in tampered.cells if grade_id(c) != tamper["deleted"]]
+    submissions = {
+        "solution": with_answers(student, solution_answers),
+        "untouched": student,
+        "mistake": with_answers(student, {**solution_answers, wrong_id: wrong_source}),
+        "tampered": tampered,
+    }
+    for name, nb in submissions.items():
+        folder = course / "grading" / "submitted" / name / chapter
+        folder.mkdir(parents=True)
+        nbformat.write(nb, folder / f"{chapter}.ipynb")
+
+    nbgrader("autograde", chapter, "--create", "--force", cwd=course)
+    gradebook = Gradebook(f"sqlite:///{course / 'grading' / 'gradebook.db'}")
+    scores = {name: gradebook.find_submission(chapter, name).score for name in submissions}
+    max_score = gradebook.find_assignment(chapter).max_score
+    yield chapter, scores, max_score, gradebook
+    gradebook.close()
+
+
+def failed_tests(gradebook, chapter, student):
+    notebook = gradebook.find_submission_notebook(chapter, chapter, student)
+    return {g.name for g in notebook.grades if g.max_score > 0 and g.score < g.max_score}
+
+
+def test_solution_gets_full_marks(graded):
+    chapter, scores, max_score, gradebook = graded
+    assert max_score > 0
+    assert scores["solution"] == max_score, f"failed: {failed_tests(gradebook, chapter, 'solution')}"
+
+
+def test_untouched_notebook_gets_zero_without_crashing(graded):
+    _, scores, _, _ = graded
+    assert scores["untouched"] == 0
+
+
+def test_typical_mistake_gets_partial_marks(graded):
+    chapter, scores, max_score, gradebook = graded
+    _, _, should_fail = CASES[chapter]["mistake"]
+    assert failed_tests(gradebook, chapter, "mistake") == should_fail
+    assert 0 < scores["mistake"] < max_score
+
+
+def test_deleted_and_edited_tests_are_restored(graded):
+    chapter, scores, max_score, gradebook = graded
+    tamper = CASES[chapter]["tamper"]
+    assert failed_tests(gradebook, chapter, "tampered") == {tamper["deleted"], tamper["emptied"]}
+    assert scores["tampered"] < max_score
