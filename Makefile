@@ -14,6 +14,8 @@ PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Tools call each other by name (nbgrader runs `alembic`, Jupyter finds kernels): put the venv first.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: lab test notebooks lock
 
