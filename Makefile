@@ -26,8 +26,11 @@ $(STAMP): requirements.txt lib/pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e lib
 	touch $(STAMP)
 
+# Containers often run as root, which Jupyter refuses unless told.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab --no-browser --ip=$(IP) --port=$(PORT) --ServerApp.root_dir=$(CURDIR)
+	$(BIN)/jupyter lab --no-browser --ip=$(IP) --port=$(PORT) --ServerApp.root_dir=$(CURDIR) $(ROOT_FLAG)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
