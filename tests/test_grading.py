@@ -85,6 +85,7 @@ def graded(request, tmp_path_factory):
     gradebook = Gradebook(f"sqlite:///{course / 'grading' / 'gradebook.db'}")
     scores = {name: gradebook.find_submission(chapter, name).score for name in submissions}
     max_score = gradebook.find_assignment(chapter).max_score
+    print(f"\n{chapter}: scores out of {max_score}: {scores}")  # shown with `pytest -s`
     yield chapter, scores, max_score, gradebook
     gradebook.close()
 
