@@ -2,10 +2,10 @@
 
 import pytest
 
-from benchmarks.bpe import naive_train_merges
 from llmscratch.data import chatterbot_dialogues, dialogue_languages, python_reference_text
 from llmscratch.tokenizers import BPETokenizer
 from llmscratch.tokenizers.bpe import merge
+from llmscratch.tokenizers.naive_bpe import naive_train_merges
 
 EDGE_CASES = [
     "", " ", "   ", "\n", "\n\n\n", "  \n \n\t\t x", "a  b   c    d", "trailing spaces   ",

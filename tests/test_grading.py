@@ -31,6 +31,27 @@ CASES = {
             "emptied": "test_cross_entropy",
         },
     },
+    "01_tokenizers": {
+        # Merges applied by frequency in the text instead of by learned rank.
+        "mistake": ("encode", "def encode(text, merges):\n    ids = []\n"
+                              "    for piece in regex.findall(GPT2_PATTERN, text):\n"
+                              "        tokens = list(piece.encode('utf-8'))\n"
+                              "        while True:\n"
+                              "            counts = pair_counts(tokens)\n"
+                              "            known = [p for p in counts if p in merges]\n"
+                              "            if not known:\n"
+                              "                break\n"
+                              "            pair = max(known, key=lambda p: counts[p])\n"
+                              "            tokens = merge(tokens, pair, merges[pair])\n"
+                              "        ids.extend(tokens)\n"
+                              "    return ids\n", {"test_encode"}),
+        "tamper": {
+            "broken": {"decode": "def decode(ids, vocab):\n    return ''.join(vocab[i].decode('utf-8') for i in ids)\n",
+                       "greedy_longest_match": "def greedy_longest_match(word, vocab):\n    return [word]\n"},
+            "deleted": "test_decode",
+            "emptied": "test_greedy_longest_match",
+        },
+    },
 }
 
 

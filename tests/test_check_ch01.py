@@ -1,0 +1,102 @@
+"""The chapter-01 self-checks accept the library's answers and reject the typical mistakes."""
+
+from collections import Counter
+
+import pytest
+import regex
+
+from llmscratch import check
+from llmscratch.check import CheckFailed
+from llmscratch.tokenizers import BPETokenizer
+from llmscratch.tokenizers.bpe import GPT2_PATTERN, merge
+from llmscratch.tokenizers.wordpiece import wordpiece
+
+
+def train_bpe(text, vocab_size):
+    return dict(BPETokenizer.train(text, vocab_size).merges)
+
+
+def encode(text, merges):
+    return BPETokenizer(list(merges)).encode(text)
+
+
+def decode(ids, vocab):
+    return b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def encode_by_frequency(text, merges):
+    ids = []
+    for piece in regex.findall(GPT2_PATTERN, text):
+        tokens = list(piece.encode("utf-8"))
+        while known := [p for p in zip(tokens, tokens[1:]) if p in merges]:
+            pair = Counter(known).most_common(1)[0][0]
+            tokens = merge(tokens, pair, merges[pair])
+        ids.extend(tokens)
+    return ids
+
+
+def train_without_regex(text, vocab_size):
+    ids, merges = list(text.encode("utf-8")), {}
+    for new_id in range(256, vocab_size):
+        counts = Counter(zip(ids, ids[1:]))
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p))
+        ids = merge(ids, best, new_id)
+        merges[best] = new_id
+    return merges
+
+
+def shortest_match(word, vocab):
+    pieces, start = [], 0
+    while start < len(word):
+        for end in range(start + 1, len(word) + 1):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                break
+        else:
+            return ["[UNK]"]
+        pieces.append(piece)
+        start = end
+    return pieces
+
+
+CORRECT = {
+    "pair_counts": lambda ids: Counter(zip(ids, ids[1:])),
+    "merge": merge,
+    "train_bpe": train_bpe,
+    "encode": encode,
+    "decode": decode,
+    "greedy_longest_match": wordpiece,
+}
+
+MISTAKES = [
+    ("pair_counts", lambda ids: Counter(zip(ids[::2], ids[1::2])), "expected"),  # misses overlapping pairs
+    ("merge", lambda ids, pair, new: [new if (a, b) == pair else a for a, b in zip(ids, ids[1:] + [None])], "expected"),
+    ("train_bpe", train_without_regex, "merge number|merges"),
+    ("encode", encode_by_frequency, "expected"),
+    ("encode", lambda text, merges: list(text.encode("utf-8")), "expected"),
+    ("decode", lambda ids, vocab: "".join(vocab[i].decode("utf-8", errors="replace") for i in ids), "half a character|returned"),
+    ("greedy_longest_match", shortest_match, "expected"),
+    ("greedy_longest_match", lambda word, vocab: [word], "expected"),
+]
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_correct_answers_pass(name, capsys):
+    assert getattr(check.ch01, name)(CORRECT[name]) is True
+    assert capsys.readouterr().out.startswith(f"ok: {name}")
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_unimplemented_exercises_say_so(name):
+    def not_done(*args, **kwargs):
+        raise NotImplementedError()
+    with pytest.raises(CheckFailed, match=f"{name}: not implemented yet"):
+        getattr(check.ch01, name)(not_done)
+
+
+@pytest.mark.parametrize("name, wrong, message", MISTAKES)
+def test_typical_mistakes_are_caught(name, wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        getattr(check.ch01, name)(wrong)
