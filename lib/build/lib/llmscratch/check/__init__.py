@@ -1,0 +1,11 @@
+"""Self-checks students run without nbgrader: `check.ch00.softmax(softmax)`.
+
+Each check prints `ok: ...` when the function behaves like the oracle (PyTorch's own ops), and
+otherwise raises CheckFailed saying what was expected and what came back, or that the exercise is
+not implemented yet. The graded test cells call the same checks, then add hidden tests of their own.
+"""
+
+from . import ch00, ch01
+from .core import CheckFailed
+
+__all__ = ["CheckFailed", "ch00", "ch01"]

@@ -1,0 +1,48 @@
+"""The machinery shared by every chapter's checks."""
+
+import functools
+
+import torch
+
+
+class CheckFailed(AssertionError):
+    """A self-check found a difference; the message says what was expected and what came back."""
+
+
+def exercise(title: str):
+    """Turn a check function into a self-check that prints ok or raises a readable CheckFailed."""
+    def decorate(check_fn):
+        @functools.wraps(check_fn)
+        def run(*args, **kwargs):
+            try:
+                summary = check_fn(*args, **kwargs)
+            except NotImplementedError:
+                raise CheckFailed(f"{title}: not implemented yet. Replace `raise NotImplementedError()` "
+                                  "with your code and run the cell again.") from None
+            except CheckFailed as failure:
+                raise CheckFailed(f"{title}: {failure}") from None
+            print(f"ok: {title}" + (f" ({summary})" if summary else ""))
+            return True
+        return run
+    return decorate
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
+def expect_tensor(got, expected: torch.Tensor, what: str, atol: float = 1e-6, rtol: float = 1e-5) -> None:
+    """`got` must be a tensor of `expected`'s shape and values (within tolerance), with no NaN."""
+    expect(isinstance(got, torch.Tensor), f"{what}: expected a torch.Tensor, got {type(got).__name__}")
+    expect(tuple(got.shape) == tuple(expected.shape),
+           f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}")
+    got64, expected64 = got.detach().double(), expected.detach().double()
+    expect(not torch.isnan(got64).any() or torch.isnan(expected64).any(),
+           f"{what}: the result contains NaN (expected none); is something overflowing?")
+    if not torch.allclose(got64, expected64, atol=atol, rtol=rtol, equal_nan=True):
+        diff = (got64 - expected64).abs().nan_to_num(float("inf"))
+        where = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+        raise CheckFailed(f"{what}: values differ by up to {diff.max().item():.3g} (tolerance "
+                          f"atol={atol}, rtol={rtol}); at index {where} expected "
+                          f"{expected64[where].item():.6g}, got {got64[where].item():.6g}")
