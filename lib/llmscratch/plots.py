@@ -28,14 +28,14 @@ def loss_curve(curves: dict, xlabel: str = "step", ylabel: str = "loss (nats / t
 
 def heatmap(matrix, row_labels=None, col_labels=None, title: str | None = None, cmap: str = "Blues",
             xlabel: str | None = None, ylabel: str | None = None, annotate: bool = False,
-            colorbar: bool = True, ax=None):
-    """A matrix as an image, optionally labelled and annotated with its values."""
+            colorbar: bool = True, vmin=None, vmax=None, ax=None):
+    """A matrix as an image, optionally labelled and annotated; vmin/vmax share a colour scale."""
     matrix = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix, dtype=float)
     with plt.rc_context({**STYLE, "axes.grid": False}):
         if ax is None:
             size = min(12, max(4, 0.3 * max(matrix.shape)))
             _, ax = plt.subplots(figsize=(size * 1.15, size))
-        image = ax.imshow(matrix, cmap=cmap, aspect="auto")
+        image = ax.imshow(matrix, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
         for labels, set_ticks, set_labels in ((col_labels, ax.set_xticks, ax.set_xticklabels),
                                               (row_labels, ax.set_yticks, ax.set_yticklabels)):
             if labels is not None:

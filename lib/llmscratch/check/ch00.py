@@ -33,8 +33,11 @@ def counts_to_probs(fn):
     for smoothing in (1.0, 0.5):
         smoothed = counts.double() + smoothing
         expected = smoothed / smoothed.sum(dim=1, keepdim=True)
-        expect_tensor(fn(counts, smoothing=smoothing), expected,
-                      f"counts_to_probs(counts, smoothing={smoothing}) (each row must sum to 1)")
+        got = fn(counts, smoothing=smoothing)
+        expect(not (torch.is_tensor(got) and got.isnan().any()),
+               f"counts_to_probs(counts, smoothing={smoothing}) has NaN in a row whose counts are all 0: "
+               "add `smoothing` to every count before dividing")
+        expect_tensor(got, expected, f"counts_to_probs(counts, smoothing={smoothing}) (each row must sum to 1)")
     return "rows sum to 1, smoothing applied"
 
 
@@ -42,7 +45,9 @@ def counts_to_probs(fn):
 def softmax(fn):
     g = torch.Generator().manual_seed(2)
     cases = [(torch.randn(5, generator=g), -1), (torch.randn(3, 7, generator=g) * 4, -1),
-             (torch.randn(4, 3, 5, generator=g), 1)]
+             (torch.randn(4, 3, 5, generator=g), 1),
+             (torch.tensor([1000.0, 1001.0, 1002.0]), -1),     # exp() overflows without the max trick
+             (torch.tensor([[-1000.0, -1001.0], [-5.0, 5.0]]), -1)]
     for x, dim in cases:
         expect_tensor(fn(x, dim=dim), torch.softmax(x, dim=dim),
                       f"softmax(x of shape {tuple(x.shape)}, dim={dim})")
@@ -52,14 +57,19 @@ def softmax(fn):
 @exercise("cross_entropy")
 def cross_entropy(fn):
     g = torch.Generator().manual_seed(3)
-    for shape, vocab in [((8,), 5), ((2, 6), 11)]:
-        logits = torch.randn(*shape, vocab, generator=g) * 3
+    for shape, vocab, spread in [((8,), 5, 3), ((2, 6), 11, 3), ((4,), 3, 1000)]:  # 1000: huge logits
+        logits = (torch.randn(*shape, vocab, generator=g) * spread).requires_grad_()
         targets = torch.randint(vocab, shape, generator=g)
         expected = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
-        expect_tensor(torch.as_tensor(fn(logits, targets)), expected,
-                      f"cross_entropy(logits {tuple(logits.shape)}, targets {tuple(targets.shape)}) "
-                      "(the mean over every position)", atol=1e-5)
-    return "matches F.cross_entropy"
+        got = fn(logits, targets)
+        what = f"cross_entropy(logits {tuple(logits.shape)}, targets {tuple(targets.shape)})"
+        expect(torch.is_tensor(got) and got.requires_grad,
+               f"{what} must return a tensor that gradients flow through (no .item(), no float()), "
+               f"got {type(got).__name__}")
+        expect(torch.isfinite(got).all(), f"{what} with logits up to {spread}x gave {got}: "
+                                          "take the log-softmax with the log-sum-exp trick, not log(softmax)")
+        expect_tensor(got, expected, f"{what} (the mean over every position)", atol=1e-5)
+    return "matches F.cross_entropy, large logits included"
 
 
 @exercise("sample")
@@ -72,12 +82,12 @@ def sample(fn):
     ids = [0] + [int(i) for i in out]
     for a, b in zip(ids, ids[1:]):
         if probs[a, b] == 0:
-            raise CheckFailed(f"sampled {a} -> {b}, a transition of probability 0: "
-                              "sample each next token from the row of the previous one")
+            raise CheckFailed(f"sampled {a} -> {b}, a transition of probability 0: sample each next token "
+                              "from probs[previous] (the row of the previous token, not a column)")
     after_zero = [b for a, b in zip(ids, ids[1:]) if a == 0]
     share = sum(b == 2 for b in after_zero) / len(after_zero)
     # 2000 draws of p=0.75: the standard deviation of the share is ~0.01, so 0.05 is a 5-sigma bound.
     expect(abs(share - 0.75) < 0.05,
-           f"after token 0, token 2 should be drawn 75% of the time, got {share:.1%}: "
-           "sample in proportion to the probabilities (torch.multinomial), don't take the argmax")
+           f"after token 0, token 2 should be drawn 75% of the time, got {share:.1%}: draw in proportion "
+           "to probs[previous] with torch.multinomial (not the argmax, and pass generator= on)")
     return f"{len(out)} draws, frequencies as expected"

@@ -22,7 +22,6 @@ def exercise(title: str):
             except CheckFailed as failure:
                 raise CheckFailed(f"{title}: {failure}") from None
             print(f"ok: {title}" + (f" ({summary})" if summary else ""))
-            return True
         return run
     return decorate
 
@@ -39,7 +38,7 @@ def expect_tensor(got, expected: torch.Tensor, what: str, atol: float = 1e-6, rt
            f"{what}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}")
     got64, expected64 = got.detach().double(), expected.detach().double()
     expect(not torch.isnan(got64).any() or torch.isnan(expected64).any(),
-           f"{what}: the result contains NaN (expected none); is something overflowing?")
+           f"{what}: the result contains NaN (expected none): a division 0/0, or exp() overflowing to inf?")
     if not torch.allclose(got64, expected64, atol=atol, rtol=rtol, equal_nan=True):
         diff = (got64 - expected64).abs().nan_to_num(float("inf"))
         where = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
