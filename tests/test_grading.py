@@ -52,6 +52,33 @@ CASES = {
             "emptied": "test_greedy_longest_match",
         },
     },
+    "02_embeddings_and_positions": {
+        # sin and cos swapped between even and odd columns.
+        "mistake": ("sinusoidal", "def sinusoidal(T, d):\n    t = torch.arange(T, dtype=torch.float32)[:, None]\n"
+                                  "    freq = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)\n"
+                                  "    pe = torch.zeros(T, d)\n    pe[:, 0::2] = torch.cos(t * freq)\n"
+                                  "    pe[:, 1::2] = torch.sin(t * freq)\n    return pe\n", {"test_sinusoidal"}),
+        "tamper": {
+            "broken": {"sinusoidal": "def sinusoidal(T, d):\n    return torch.zeros(T, d)\n",
+                       "apply_rope": "def apply_rope(x, cos, sin):\n    return x\n"},
+            "deleted": "test_sinusoidal",
+            "emptied": "test_apply_rope",
+        },
+    },
+    "03_attention": {
+        # The mask applied after the softmax.
+        "mistake": ("attention", "def attention(q, k, v, mask=None):\n"
+                                 "    w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)\n"
+                                 "    if mask is not None:\n"
+                                 "        w = w * mask if mask.dtype == torch.bool else w * mask.exp()\n"
+                                 "    return w @ v\n", {"test_attention"}),
+        "tamper": {
+            "broken": {"causal_mask": "def causal_mask(T):\n    return torch.ones(T, T, dtype=torch.bool)\n",
+                       "padding_mask": "def padding_mask(attention_mask):\n    return attention_mask.bool()\n"},
+            "deleted": "test_causal_mask",
+            "emptied": "test_padding_mask",
+        },
+    },
 }
 
 
