@@ -61,6 +61,23 @@ def shortest_match(word, vocab):
     return pieces
 
 
+def merge_in_place(ids, pair, new_id):
+    result = merge(ids, pair, new_id)
+    ids[:] = result
+    return ids
+
+
+def train_without_early_stop(text, vocab_size):
+    words = [list(w.encode("utf-8")) for w in regex.findall(GPT2_PATTERN, text)]
+    merges = {}
+    for new_id in range(256, vocab_size):
+        counts = Counter(p for w in words for p in zip(w, w[1:]))
+        best = min(counts, key=lambda p: (-counts[p], p))  # fails once nothing is left
+        words = [merge(w, best, new_id) for w in words]
+        merges[best] = new_id
+    return merges
+
+
 CORRECT = {
     "pair_counts": lambda ids: Counter(zip(ids, ids[1:])),
     "merge": merge,
@@ -73,10 +90,14 @@ CORRECT = {
 MISTAKES = [
     ("pair_counts", lambda ids: Counter(zip(ids[::2], ids[1::2])), "expected"),  # misses overlapping pairs
     ("merge", lambda ids, pair, new: [new if (a, b) == pair else a for a, b in zip(ids, ids[1:] + [None])], "expected"),
-    ("train_bpe", train_without_regex, "merge number|merges"),
+    ("merge", merge_in_place, "changed its input"),
+    ("train_bpe", train_without_early_stop, "merges|min"),
+    ("train_bpe", train_without_regex, "GPT2_PATTERN"),
     ("encode", encode_by_frequency, "expected"),
     ("encode", lambda text, merges: list(text.encode("utf-8")), "expected"),
-    ("decode", lambda ids, vocab: "".join(vocab[i].decode("utf-8", errors="replace") for i in ids), "half a character|returned"),
+    ("decode", lambda ids, vocab: "".join(vocab[i].decode("utf-8", errors="replace") for i in ids), "Join the bytes"),
+    ("decode", lambda ids, vocab: b"".join(vocab[i] for i in ids).decode("utf-8"), "errors='replace'"),
+    ("pair_counts", lambda ids: list(zip(ids, ids[1:])), "must return a dict"),
     ("greedy_longest_match", shortest_match, "expected"),
     ("greedy_longest_match", lambda word, vocab: [word], "expected"),
 ]

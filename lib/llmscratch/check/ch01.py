@@ -8,7 +8,7 @@ from ..data import python_reference_text
 from ..tokenizers import BPETokenizer
 from ..tokenizers.bpe import merge as reference_merge
 from ..tokenizers.wordpiece import wordpiece as reference_wordpiece
-from .core import exercise, expect
+from .core import CheckFailed, exercise, expect
 
 SAMPLES = ["hello world", "aaabdaaabac", "a a a a", "", "x", "naïve café 中文 🙂 12345\n\n  end"]
 
@@ -20,10 +20,16 @@ def _random_lists(seed, n=30):
 
 @exercise("pair_counts")
 def pair_counts(fn):
-    for ids in _random_lists(0) + [[5, 5, 5, 5], [7]]:
+    for ids in [[1, 1, 1], [1, 2, 1, 2], [5, 5, 5, 5], [7], []] + _random_lists(0):
         got = fn(list(ids))
+        expect(isinstance(got, dict), f"pair_counts({ids}) must return a dict (or Counter) of pair -> count, "
+                                      f"got {type(got).__name__}")
         expected = Counter(zip(ids, ids[1:]))
-        expect(dict(got) == dict(expected), f"pair_counts({ids}): expected {dict(expected)}, got {dict(got)}")
+        if dict(got) != dict(expected):
+            wrong = {p: (expected.get(p, 0), got.get(p, 0)) for p in set(expected) | set(got)
+                     if expected.get(p, 0) != got.get(p, 0)}
+            details = ", ".join(f"{p}: expected {e}, got {g}" for p, (e, g) in sorted(wrong.items()))
+            expect(False, f"pair_counts({ids}): {details} (count every adjacent pair, overlapping ones too)")
     return "counts every adjacent pair, overlaps included"
 
 
@@ -32,29 +38,48 @@ def merge(fn):
     cases = [([1, 1, 1], (1, 1)), ([1, 2, 3, 1, 2], (1, 2)), ([3, 3], (1, 2))]
     cases += [(ids, (1, 2)) for ids in _random_lists(1)] + [(ids, (3, 3)) for ids in _random_lists(2)]
     for ids, pair in cases:
-        got = fn(list(ids), pair, 99)
+        given = list(ids)
+        got = fn(given, pair, 99)
         expected = reference_merge(ids, pair, 99)
         expect(list(got) == expected, f"merge({ids}, {pair}, 99): expected {expected}, got {list(got)} "
                                       "(replace non-overlapping occurrences, left to right)")
+        expect(given == ids, f"merge changed its input list {ids} into {given}: build and return a new list")
     return f"{len(cases)} sequences"
 
 
 def _training_texts():
     text = python_reference_text()
-    return [("aaabdaaabac", 260), ("the cat sat on the mat, the end", 270), (text[:6000], 320)]
+    return [("aaabdaaabac", 260), ("the cat sat on the mat, the end", 270), ("aaaa", 300), (text[:6000], 320)]
+
+
+def _spell(merges):
+    """Merges {(a, b): id} as readable byte strings: {(b'h', b'e'): 256} -> ["b'h' + b'e' -> 256"]."""
+    vocab = {i: bytes([i]) for i in range(256)}
+    out = []
+    for (a, b), new_id in merges:
+        left, right = vocab.get(a, b"?"), vocab.get(b, b"?")
+        vocab[new_id] = left + right
+        out.append(f"{left!r} + {right!r} -> {new_id}")
+    return out
 
 
 @exercise("train_bpe")
 def train_bpe(fn):
     for text, vocab_size in _training_texts():
         expected = list(BPETokenizer.train(text, vocab_size).merges.items())
-        got = list(dict(fn(text, vocab_size)).items())
+        try:
+            got = list(dict(fn(text, vocab_size)).items())
+        except (ValueError, KeyError, IndexError) as err:
+            raise CheckFailed(f"train_bpe({text[:30]!r}, {vocab_size}) raised {err!r}"
+                              + (": once every pre-token is a single token there is no pair left; stop early"
+                                 if text == "aaaa" else "")) from err
         first_bad = next((i for i, (g, e) in enumerate(zip(got, expected)) if g != e), None)
         if first_bad is not None:
-            expect(False, f"on {text[:30]!r}... merge number {first_bad} should be {expected[first_bad]} "
-                          f"(pair -> new id), got {got[first_bad]}")
-        expect(len(got) == len(expected), f"on {text[:30]!r}... with vocab_size={vocab_size}: expected "
-                                          f"{len(expected)} merges, got {len(got)}")
+            expect(False, f"train_bpe({text[:30]!r}..., {vocab_size}): merge {first_bad + 1} should be "
+                          f"{_spell(expected)[first_bad]}, got {_spell(got)[first_bad]}. Did you split the text "
+                          "with GPT2_PATTERN, count pairs over all pre-tokens, and break ties by the smallest pair?")
+        expect(len(got) == len(expected), f"train_bpe({text[:30]!r}..., {vocab_size}): expected {len(expected)} "
+                                          f"merges, got {len(got)} (stop early when no pair is left)")
     return "same merges, same order as the library"
 
 
@@ -63,9 +88,16 @@ def encode(fn):
     trained = BPETokenizer.train(python_reference_text()[:20000], 400)
     merges = dict(trained.merges)
     for text in SAMPLES + ["The  quick\tbrown fox's tokens... 3.14", python_reference_text()[30000:31000]]:
-        got = fn(text, dict(merges))
+        got = list(fn(text, dict(merges)))
         expected = trained.encode(text)
-        expect(list(got) == expected, f"encode({text[:40]!r}): expected {expected[:20]}..., got {list(got)[:20]}...")
+        if got != expected:
+            i = next((j for j, (g, e) in enumerate(zip(got, expected)) if g != e), min(len(got), len(expected)))
+            show = lambda ids: [trained.vocab[t].decode("utf-8", errors="replace") if t < len(trained.vocab) else t
+                                for t in ids[max(0, i - 3):i + 4]]
+            expect(False, f"encode of a {len(text)}-character text differs at token {i} of {len(expected)}: "
+                          f"expected tokens {show(expected)}, got {show(got)} (from position {max(0, i - 3)}). "
+                          "Split with GPT2_PATTERN, then inside each pre-token merge the pair with the lowest "
+                          "rank (learned first), again and again")
     return f"{len(SAMPLES) + 2} texts"
 
 
@@ -75,10 +107,19 @@ def decode(fn):
     vocab = {i: token for i, token in enumerate(trained.vocab)}
     for text in SAMPLES:
         ids = trained.encode(text)
-        got = fn(ids, dict(vocab))
-        expect(got == text, f"decode(encode({text!r})) returned {got!r}")
+        try:
+            got = fn(ids, dict(vocab))
+        except UnicodeDecodeError as err:
+            raise CheckFailed(f"decode raised {err!r}: a token can hold part of a character. Join the bytes "
+                              "of all tokens first, then decode once with errors='replace'") from None
+        expect(got == text, f"decode(encode({text!r})) returned {got!r}, expected the text back. Join the bytes "
+                            "of all tokens first, then decode once (a character can span two tokens)")
     broken = list("中".encode("utf-8"))[:2]
-    got = fn(broken, dict(vocab))
+    try:
+        got = fn(broken, dict(vocab))
+    except UnicodeDecodeError:
+        raise CheckFailed("decode of half a character raised UnicodeDecodeError: use "
+                          "bytes.decode('utf-8', errors='replace')") from None
     expect(got == "\ufffd", f"decode of half a character ({broken}) should give the replacement character "
                             f"'\\ufffd', got {got!r}: use bytes.decode('utf-8', errors='replace')")
     return "round trips, and half a character becomes '\\ufffd'"
@@ -87,9 +128,12 @@ def decode(fn):
 @exercise("greedy_longest_match")
 def greedy_longest_match(fn):
     vocab = {"un", "unaff", "##aff", "##able", "##a", "##ff", "##ab", "##le", "a", "##b", "play", "##ing"}
-    cases = ["unaffable", "playing", "play", "un", "unx", "a", "ab", "xyz"]
+    cases = ["playing", "play", "unaffable", "un", "unx", "a", "ab", "xyz"]
     for word in cases:
         expected = reference_wordpiece(word, vocab)
         got = fn(word, set(vocab))
-        expect(list(got) == expected, f"greedy_longest_match({word!r}): expected {expected}, got {list(got)}")
+        expect(list(got) == expected, f"greedy_longest_match({word!r}, vocab={sorted(vocab)}): expected "
+                                      f"{expected}, got {list(got)}. Take the longest match first; pieces after "
+                                      "the first are looked up with '##' in front; one unmatched spot makes the "
+                                      "whole word ['[UNK]']")
     return f"{len(cases)} words"
