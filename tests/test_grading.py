@@ -71,7 +71,7 @@ CASES = {
                                  "    w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)\n"
                                  "    if mask is not None:\n"
                                  "        w = w * mask if mask.dtype == torch.bool else w * mask.exp()\n"
-                                 "    return w @ v\n", {"test_attention"}),
+                                 "    return w @ v\n", {"test_attention", "test_mha_forward"}),  # mha uses it
         "tamper": {
             "broken": {"causal_mask": "def causal_mask(T):\n    return torch.ones(T, T, dtype=torch.bool)\n",
                        "padding_mask": "def padding_mask(attention_mask):\n    return attention_mask.bool()\n"},
