@@ -1,0 +1,36 @@
+"""Every chapter's self-checks accept correct answers, say when an exercise is not done yet, and
+reject the typical mistakes with a message that says why. The answers live in cases_chNN.py."""
+
+import pytest
+
+import cases_ch00
+import cases_ch01
+import cases_ch02_ch03
+from llmscratch.check import CheckFailed
+
+CORRECT = cases_ch00.CORRECT + cases_ch01.CORRECT + cases_ch02_ch03.CORRECT
+MISTAKES = cases_ch00.MISTAKES + cases_ch01.MISTAKES + cases_ch02_ch03.MISTAKES
+
+
+def name_of(run_check):
+    return f"{run_check.__module__.rsplit('.', 1)[-1]}.{run_check.__name__}"
+
+
+@pytest.mark.parametrize("run_check, answer", CORRECT, ids=[name_of(c) for c, _ in CORRECT])
+def test_correct_answers_pass(run_check, answer, capsys):
+    run_check(answer)
+    assert capsys.readouterr().out.startswith(f"ok: {run_check.__name__}")
+
+
+@pytest.mark.parametrize("run_check", [c for c, _ in CORRECT], ids=[name_of(c) for c, _ in CORRECT])
+def test_unimplemented_exercises_say_so(run_check):
+    def not_done(*args, **kwargs):
+        raise NotImplementedError()
+    with pytest.raises(CheckFailed, match=f"{run_check.__name__}: not implemented yet"):
+        run_check(not_done)
+
+
+@pytest.mark.parametrize("run_check, wrong, message", MISTAKES, ids=[name_of(c) for c, _, _ in MISTAKES])
+def test_typical_mistakes_are_caught(run_check, wrong, message):
+    with pytest.raises(CheckFailed, match=message):
+        run_check(wrong)
