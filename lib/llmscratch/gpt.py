@@ -1,0 +1,257 @@
+"""GPT (chapter 04): a decoder-only transformer with GPT-2's architecture and module names, so that
+weights convert to and from Hugging Face's GPT2LMHeadModel with a readable mapping.
+
+    token ids (B, T) -> wte + wpe -> n_layer x [x + attn(ln_1(x)); x + mlp(ln_2(x))] -> ln_f -> lm_head
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257   # GPT-2's BPE vocabulary; the course's own BPE is usually much smaller
+    block_size: int = 1024    # context length: the most positions the model has embeddings for
+    n_layer: int = 12         # transformer blocks
+    n_head: int = 12          # attention heads per block
+    n_embd: int = 768         # width of the residual stream (C)
+    dropout: float = 0.0      # on attention weights and residual branches; 0 for pretraining at scale
+    bias: bool = True         # biases in Linear layers and LayerNorms, as GPT-2
+    layer_norm_epsilon: float = 1e-5
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, so that each new token costs
+    one position of work instead of re-running the whole prefix. Preallocated: (B, nh, block_size, hs)."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
+        hs = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, config.block_size, hs)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = 0  # positions filled so far
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.n_embd % config.n_head:
+            raise ValueError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        start = 0
+        if cache is not None:  # append this block's keys and values, attend over everything so far
+            start = cache.length
+            cache.k[layer][:, :, start:start + T] = k
+            cache.v[layer][:, :, start:start + T] = v
+            k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
+        dropout_p = self.dropout if self.training else 0.0
+        if start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:  # query i sits at position start + i and may see keys 0 .. start + i
+            allowed = torch.arange(start + T, device=x.device)[None, :] <= (start + torch.arange(T, device=x.device))[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)                                           # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN: normalise the input of each branch, add the branch to the residual stream untouched."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),   # token embeddings
+            wpe=nn.Embedding(config.block_size, config.n_embd),   # learned positions
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, ignore_index: int = -100, cache: KVCache | None = None):
+        """Logits (B, T, vocab) for token ids idx (B, T); with targets (B, T), also the mean
+        cross-entropy over the positions whose target is not `ignore_index` (padding)."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than the context of {self.config.block_size} "
+                             "(block_size): crop the input to the last block_size tokens, or use a longer context")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))    # (B, T, C)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += T
+        logits = self.lm_head(self.transformer.ln_f(x))                                       # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index)
+        return logits, loss
+
+    def parameter_counts(self) -> dict:
+        """Parameters per part (the tied lm_head counted once, with the token embeddings)."""
+        t = self.transformer
+        count = lambda m: sum(p.numel() for p in m.parameters())
+        parts = {"token embeddings (wte, tied with lm_head)": count(t.wte), "position embeddings (wpe)": count(t.wpe),
+                 "attention (all blocks)": sum(count(b.attn) for b in t.h),
+                 "MLP (all blocks)": sum(count(b.mlp) for b in t.h),
+                 "LayerNorms": sum(count(b.ln_1) + count(b.ln_2) for b in t.h) + count(t.ln_f)}
+        parts["total"] = sum(parts.values())
+        return parts
+
+    # ---- conversion to and from Hugging Face GPT-2 ---------------------------------------------
+    # HF's GPT-2 stores c_attn, c_proj and c_fc as Conv1D, whose weight is the transpose of Linear's.
+    _TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+    @classmethod
+    def from_hf(cls, hf_model) -> "GPT":
+        hc = hf_model.config
+        config = GPTConfig(vocab_size=hc.vocab_size, block_size=hc.n_positions, n_layer=hc.n_layer, n_head=hc.n_head,
+                           n_embd=hc.n_embd, dropout=0.0, bias=True, layer_norm_epsilon=hc.layer_norm_epsilon)
+        model = cls(config)
+        hf_state = hf_model.state_dict()
+        with torch.no_grad():
+            for name, p in model.state_dict().items():
+                if name == "lm_head.weight":
+                    continue  # tied to wte
+                w = hf_state[name]
+                p.copy_(w.t() if name.endswith(cls._TRANSPOSED) else w)
+        return model
+
+    def to_hf(self):
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        c = self.config
+        if not c.bias:
+            raise ValueError("Hugging Face's GPT-2 has biases everywhere: convert a model built with bias=True")
+        hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                               n_head=c.n_head, layer_norm_epsilon=c.layer_norm_epsilon, activation_function="gelu_new",
+                               resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, tie_word_embeddings=True)
+        hf = GPT2LMHeadModel(hf_config)
+        ours = self.state_dict()
+        with torch.no_grad():
+            for name, p in hf.state_dict().items():
+                if name == "lm_head.weight" or name not in ours:
+                    continue  # tied; HF's attention-mask buffers have no counterpart
+                p.copy_(ours[name].t() if name.endswith(self._TRANSPOSED) else ours[name])
+        return hf.eval()
+
+    # ---- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, eos_token_id: int | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None):
+        """Continue idx (B, T) by up to max_new_tokens tokens. temperature 0 is greedy; top_k and
+        top_p filter the distribution first. Sequences that produced eos_token_id stop growing (they
+        are padded with eos); generation ends when all have."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if idx.shape[1] + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt ({idx.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
+                             f"{self.config.block_size} tokens: shorten the prompt or generate fewer tokens")
+        was_training = self.training
+        self.eval()
+        cache = KVCache(self.config, idx.shape[0], idx.device, self.lm_head.weight.dtype) if use_cache else None
+        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        step_input = idx
+        for _ in range(max_new_tokens):
+            logits, _ = self(step_input if use_cache else idx, cache=cache)
+            next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)     # (B, 1)
+            if eos_token_id is not None:
+                next_token = next_token.masked_fill(done[:, None], eos_token_id)
+                done |= next_token[:, 0] == eos_token_id
+            idx = torch.cat((idx, next_token), dim=1)
+            step_input = next_token
+            if eos_token_id is not None and done.all():
+                break
+        self.train(was_training)
+        return idx
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row (ties at the k-th value are all kept), -inf elsewhere."""
+    if k <= 0:
+        raise ValueError(f"top_k must be positive, got {k}")
+    k = min(k, logits.size(-1))
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of most likely tokens whose probabilities add up to
+    at least p (the token that crosses p is kept), -inf elsewhere."""
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {p}")
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= p  # mass *before* a token already reaches p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One next token per row of logits (B, vocab): greedy at temperature 0, else sampled."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)
