@@ -79,6 +79,21 @@ CASES = {
             "emptied": "test_padding_mask",
         },
     },
+    "04_gpt": {
+        # Top-p that drops the token crossing the threshold.
+        "mistake": ("top_p_filter", "def top_p_filter(logits, p):\n"
+                                    "    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)\n"
+                                    "    drop = sorted_logits.softmax(-1).cumsum(-1) > p\n"
+                                    "    return logits.masked_fill(drop.scatter(-1, order, drop), float('-inf'))\n",
+                    {"test_top_p_filter"}),
+        "tamper": {
+            "broken": {"layer_norm": "def layer_norm(x, weight, bias, eps=1e-5):\n    return x\n",
+                       "attend_with_cache": "def attend_with_cache(q, k_new, v_new, k_cache, v_cache):\n"
+                                            "    return v_new, k_cache, v_cache\n"},
+            "deleted": "test_layer_norm",
+            "emptied": "test_attend_with_cache",
+        },
+    },
 }
 
 

@@ -182,7 +182,8 @@ class GPT(nn.Module):
             raise ValueError("Hugging Face's GPT-2 has biases everywhere: convert a model built with bias=True")
         hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
                                n_head=c.n_head, layer_norm_epsilon=c.layer_norm_epsilon, activation_function="gelu_new",
-                               resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, tie_word_embeddings=True)
+                               resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, tie_word_embeddings=True,
+                               bos_token_id=None, eos_token_id=None)  # GPT-2's 50256 means nothing in another vocabulary
         hf = GPT2LMHeadModel(hf_config)
         ours = self.state_dict()
         with torch.no_grad():
