@@ -56,6 +56,7 @@ CORRECT = [
 
 MISTAKES = [
     (check.ch02.sinusoidal, lambda T, d: sinusoidal_positions(T, d).roll(1, dims=1), "differ"),
+    (check.ch02.sinusoidal, lambda T, d: sinusoidal_positions(T, d).double(), "float32"),
     (check.ch02.apply_rope, lambda x, cos, sin: x * cos - torch.cat(x.chunk(2, -1)[::-1], -1) * sin, "differ"),
     (check.ch02.apply_rope, rope_adjacent_pairs, "differ"),
     (check.ch03.attention, attention_without_scale, "differ"),

@@ -4,17 +4,27 @@ library's RoPE, tested equal to it)."""
 
 import torch
 
-from ..positions import RoPE, sinusoidal_positions
+from ..positions import RoPE
 from ..positions import apply_rope as reference_apply_rope
-from .core import exercise, expect_tensor
+from .core import exercise, expect, expect_tensor
+
+
+def _exact_sinusoidal(T, d):
+    """The formula in float64: angles reach ~T radians, where float32 rounding alone is ~1e-5."""
+    t = torch.arange(T, dtype=torch.float64)[:, None]
+    angles = t / 10000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)   # sin, cos, sin, cos, ...
 
 
 @exercise("sinusoidal")
 def sinusoidal(fn):
     cases = [(1, 2), (10, 8), (64, 32), (200, 128)]
     for T, d in cases:
-        expect_tensor(fn(T, d), sinusoidal_positions(T, d), f"sinusoidal({T}, {d}) (sin at even columns, "
-                      "cos at odd ones, frequency 1 / 10000^(2i/d))", atol=1e-5)
+        got = fn(T, d)
+        expect_tensor(got, _exact_sinusoidal(T, d), f"sinusoidal({T}, {d}) (column 2i: sin(t / 10000^(2i/d)), "
+                      "column 2i+1: cos of the same angle; sin and cos alternate)", atol=1e-4)
+        expect(got.dtype == torch.float32, f"sinusoidal must return float32 (the dtype of model weights), "
+                                           f"got {got.dtype}")
     return f"{len(cases)} sizes"
 
 
@@ -25,6 +35,7 @@ def apply_rope(fn):
         rope = RoPE(hs, max_positions=T)
         x = torch.randn(B, nh, T, hs, generator=g)
         expect_tensor(fn(x, rope.cos, rope.sin), reference_apply_rope(x, rope.cos, rope.sin),
-                      f"apply_rope(x of shape {(B, nh, T, hs)}) (pair dimension i with i + hs/2: rotate half)",
-                      atol=1e-5)
+                      f"apply_rope(x of shape {(B, nh, T, hs)}): expected x * cos + rotate_half(x) * sin, with "
+                      "rotate_half(x1, x2) = (-x2, x1) on the two halves of the last dimension (the minus goes "
+                      "on the second half, which moves to the front)", atol=1e-5)
     return "equal to the Llama convention"
