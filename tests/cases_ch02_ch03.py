@@ -3,6 +3,7 @@
 import math
 
 import torch
+import torch.nn.functional as F
 
 from llmscratch import attention as lib
 from llmscratch import check
@@ -40,6 +41,12 @@ def attention_softmax_over_queries(q, k, v, mask=None):
     return torch.softmax(s, dim=-2).nan_to_num() @ v
 
 
+def attention_inverted_mask(q, k, v, mask=None):
+    if mask is not None and mask.dtype == torch.bool:
+        mask = ~mask
+    return lib.scaled_dot_product_attention(q, k, v, mask)
+
+
 def rope_adjacent_pairs(x, cos, sin):  # the interleaved layout, not Llama's rotate-half
     rotated = torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
     return x * cos + rotated * sin
@@ -59,12 +66,17 @@ MISTAKES = [
     (check.ch02.sinusoidal, lambda T, d: sinusoidal_positions(T, d).double(), "float32"),
     (check.ch02.apply_rope, lambda x, cos, sin: x * cos - torch.cat(x.chunk(2, -1)[::-1], -1) * sin, "differ"),
     (check.ch02.apply_rope, rope_adjacent_pairs, "differ"),
-    (check.ch03.attention, attention_without_scale, "differ"),
-    (check.ch03.attention, attention_mask_after_softmax, "differ"),
-    (check.ch03.attention, attention_softmax_over_queries, "differ"),
+    (check.ch03.attention, attention_without_scale, "not divided by sqrt"),
+    (check.ch03.attention, attention_mask_after_softmax, "after the softmax"),
+    (check.ch03.attention, attention_softmax_over_queries, "over the queries"),
+    (check.ch03.attention, lambda q, k, v, mask=None: lib.scaled_dot_product_attention(q, k, v, mask, scale=v.shape[-1] ** -0.5),
+     "sqrt\\(d_v\\)"),
+    (check.ch03.attention, lambda q, k, v, mask=None: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+     "write attention yourself"),
+    (check.ch03.attention, attention_inverted_mask, "inverted"),
     (check.ch03.causal_mask, lambda T: torch.ones(T, T, dtype=torch.bool).triu(), "differ"),
     (check.ch03.causal_mask, lambda T: torch.ones(T, T).tril(), "bool tensor"),
     (check.ch03.padding_mask, lambda am: am.bool(), "shape"),
     (check.ch03.padding_mask, lambda am: ~am.bool()[:, None, None, :], "differ"),
-    (check.ch03.mha_forward, mha_view_without_transpose, "differ"),
+    (check.ch03.mha_forward, mha_view_without_transpose, "split with"),
 ]

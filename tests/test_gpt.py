@@ -117,3 +117,27 @@ def test_clear_errors_and_parameter_counts():
     assert counts["total"] == sum(p.numel() for p in model.parameters())  # tied weights counted once
     with pytest.raises(ValueError, match="not divisible"):
         GPT(GPTConfig(n_embd=10, n_head=3, n_layer=1, vocab_size=5, block_size=4))
+
+
+def test_trained_model_works_in_transformers_pipeline(tmp_path):
+    """Export a course GPT and a course BPE tokenizer to Hugging Face format, reload them from disk,
+    and generate with transformers' text-generation pipeline: the same greedy tokens as ours."""
+    from transformers import PreTrainedTokenizerFast, pipeline
+
+    from llmscratch.data import python_reference_text
+    from llmscratch.tokenizers import BPETokenizer
+
+    bpe = BPETokenizer.train(python_reference_text()[:50_000], 300, special_tokens=["<|endoftext|>"])
+    torch.manual_seed(8)
+    model = GPT(GPTConfig(vocab_size=bpe.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)).eval()
+    model.to_hf().save_pretrained(tmp_path / "model")
+    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe.to_hf(), eos_token="<|endoftext|>")
+    hf_tokenizer.save_pretrained(tmp_path / "model")
+
+    generator = pipeline("text-generation", model=str(tmp_path / "model"), device="cpu")
+    prompt = "The for statement"
+    out = generator(prompt, max_new_tokens=20, do_sample=False, return_full_text=False)[0]["generated_text"]
+    ids = torch.tensor([bpe.encode(prompt)])
+    ours = model.generate(ids, 20, temperature=0, eos_token_id=bpe.special_tokens["<|endoftext|>"])
+    expected = bpe.decode(ours[0, ids.shape[1]:].tolist())
+    assert len(expected) > 0 and out == expected
