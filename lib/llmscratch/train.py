@@ -1,0 +1,146 @@
+"""Pretraining building blocks (chapter 05): token data on disk, batches, AdamW with decay groups,
+warmup + cosine schedule, a training step with accumulation and clipping, evaluation, and
+checkpoints that resume exactly.
+
+Checkpoint layout (a folder): model.safetensors (weights), state.pt (optimizer state, step, RNG
+states; loaded with weights_only=True), meta.json (config and format version).
+"""
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CHECKPOINT_VERSION = 1
+
+
+# ---- data -----------------------------------------------------------------------------------------
+def save_tokens(ids, path) -> Path:
+    """Store token ids once as a flat array on disk (uint16 when the vocabulary fits, else uint32)."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        raise ValueError("no token ids to save: is the corpus empty?")
+    dtype = np.uint16 if ids.max() < 2**16 else np.uint32
+    path = Path(path)
+    ids.astype(dtype).tofile(path)
+    path.with_suffix(path.suffix + ".dtype").write_text(np.dtype(dtype).name)
+    return path
+
+
+def load_tokens(path) -> np.memmap:
+    """Memory-map token ids saved by save_tokens: nothing is read until a batch needs it."""
+    path = Path(path)
+    dtype_file = path.with_suffix(path.suffix + ".dtype")
+    if not path.exists() or not dtype_file.exists():
+        raise FileNotFoundError(f"no token file at {path} (with its .dtype beside it): run save_tokens first")
+    return np.memmap(path, dtype=np.dtype(dtype_file.read_text().strip()), mode="r")
+
+
+def get_batch(tokens, batch_size: int, block_size: int, generator: torch.Generator | None = None, device="cpu"):
+    """Random windows: x (B, T) and the same windows shifted by one, y (B, T)."""
+    if len(tokens) <= block_size:
+        raise ValueError(f"{len(tokens)} tokens cannot fill a window of {block_size} + 1: use more text or a "
+                         "smaller block_size")
+    starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).tolist()
+    x = torch.stack([torch.from_numpy(np.asarray(tokens[s:s + block_size], dtype=np.int64)) for s in starts])
+    y = torch.stack([torch.from_numpy(np.asarray(tokens[s + 1:s + 1 + block_size], dtype=np.int64)) for s in starts])
+    return x.to(device), y.to(device)
+
+
+# ---- optimisation ---------------------------------------------------------------------------------
+def configure_optimizer(model, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95)):
+    """AdamW where matrices (weights of Linear and Embedding) decay and vectors (biases, LayerNorm
+    scales) do not: decaying a gain or a bias towards zero only hurts."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    decay = [p for p in params.values() if p.dim() >= 2]
+    no_decay = [p for p in params.values() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
+    """Linear warmup from 0 to max_lr over warmup_steps, then cosine decay to min_lr at total_steps."""
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def train_step(model, optimizer, micro_batches, grad_clip: float | None = 1.0, autocast_dtype=None) -> dict:
+    """One optimizer step over several micro-batches (gradient accumulation): the gradient equals
+    that of one batch made of all of them. Returns the mean loss and the gradient norm before clipping.
+    A NaN or inf loss is an error, never a silent step."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    device_type = next(model.parameters()).device.type
+    for x, y in micro_batches:
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            _, loss = model(x, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss.item()}: lower the learning rate, check the data, "
+                                     "or resume from the last checkpoint")
+        (loss / len(micro_batches)).backward()
+        total += loss.item()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip else float("inf"))
+    optimizer.step()
+    return {"loss": total / len(micro_batches), "grad_norm": norm.item()}
+
+
+@torch.no_grad()
+def evaluate(model, batches) -> dict:
+    """Mean loss over a fixed list of (x, y) batches, and its perplexity."""
+    was_training = model.training
+    model.eval()
+    losses = [model(x, y)[1].item() for x, y in batches]
+    model.train(was_training)
+    loss = sum(losses) / len(losses)
+    return {"loss": loss, "perplexity": math.exp(loss)}
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+def save_checkpoint(folder, model, optimizer, step: int, generator: torch.Generator | None = None) -> Path:
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, folder / "model.safetensors")  # handles the tied wte / lm_head weights
+    state = {"optimizer": optimizer.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
+             "generator": generator.get_state() if generator is not None else None}
+    torch.save(state, folder / "state.pt")
+    meta = {"version": CHECKPOINT_VERSION, "config": asdict(model.config) if hasattr(model, "config") else None}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    return folder
+
+
+def load_checkpoint(folder, model, optimizer, generator: torch.Generator | None = None) -> int:
+    """Restore model, optimizer and RNG states saved by save_checkpoint; returns the step to resume at."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    missing = [f for f in ("model.safetensors", "state.pt", "meta.json") if not (folder / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a complete checkpoint: missing {', '.join(missing)}")
+    meta = json.loads((folder / "meta.json").read_text())
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint format {meta.get('version')} in {folder}; this code reads {CHECKPOINT_VERSION}")
+    if hasattr(model, "config") and meta.get("config") not in (None, asdict(model.config)):
+        raise ValueError(f"the checkpoint in {folder} was saved from a different model config:\n"
+                         f"  saved: {meta['config']}\n  model: {asdict(model.config)}")
+    try:
+        load_model(model, folder / "model.safetensors")
+        state = torch.load(folder / "state.pt", weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, EOFError) as err:  # truncated or corrupt files
+        raise ValueError(f"the checkpoint in {folder} is corrupt or incomplete ({err}); use an earlier one") from err
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if generator is not None and state["generator"] is not None:
+        generator.set_state(state["generator"])
+    return state["step"]

@@ -1,0 +1,155 @@
+"""Pretraining blocks: exact resume, schedule, clipping, accumulation, checkpoints, DDP on CPU."""
+
+import math
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from llmscratch.gpt import GPT, GPTConfig
+from llmscratch.train import (configure_optimizer, get_batch, load_checkpoint, load_tokens, lr_at, save_checkpoint,
+                              save_tokens, train_step)
+
+CONFIG = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
+
+
+def tokens():
+    return np.random.default_rng(0).integers(0, CONFIG.vocab_size, 5000)
+
+
+def fresh(seed=0):
+    torch.manual_seed(seed)
+    model = GPT(CONFIG)
+    return model, configure_optimizer(model, lr=1e-3)
+
+
+def run(model, optimizer, data, steps, start, generator, total=20):
+    losses = []
+    for step in range(start, start + steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, 1e-3, warmup_steps=5, total_steps=total)
+        micro = [get_batch(data, 4, CONFIG.block_size, generator) for _ in range(2)]
+        losses.append(train_step(model, optimizer, micro)["loss"])
+    return losses
+
+
+def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
+    data = tokens()
+    model, opt = fresh()
+    straight = run(model, opt, data, 20, 0, torch.Generator().manual_seed(1))
+
+    model, opt = fresh()
+    g = torch.Generator().manual_seed(1)
+    first = run(model, opt, data, 10, 0, g)
+    save_checkpoint(tmp_path / "ckpt", model, opt, step=10, generator=g)
+    model, opt = fresh(seed=123)                       # a different start: everything must come from the checkpoint
+    g = torch.Generator().manual_seed(999)
+    step = load_checkpoint(tmp_path / "ckpt", model, opt, generator=g)
+    assert step == 10
+    assert first + run(model, opt, data, 10, step, g) == straight
+
+
+def test_schedule_boundaries():
+    assert lr_at(0, 1.0, warmup_steps=10, total_steps=100) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 10, 100) == pytest.approx(1.0)
+    assert lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)          # the cosine starts at the top
+    assert lr_at(55, 1.0, 10, 100, min_lr=0.1) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(100, 1.0, 10, 100, min_lr=0.1) == pytest.approx(0.1)
+    assert lr_at(500, 1.0, 10, 100, min_lr=0.1) == pytest.approx(0.1)
+
+
+def test_clipping_bounds_the_gradient_norm():
+    model, opt = fresh()
+    x, y = get_batch(tokens(), 4, CONFIG.block_size, torch.Generator().manual_seed(2))
+    for g in opt.param_groups:
+        g["lr"] = 0.0  # measure, don't move
+    stats = train_step(model, opt, [(x, y)], grad_clip=1e-3)
+    clipped = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters() if p.grad is not None))
+    assert stats["grad_norm"] > 1e-3 and clipped.item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_accumulation_equals_one_large_batch():
+    data = tokens()
+    x, y = get_batch(data, 8, CONFIG.block_size, torch.Generator().manual_seed(3))
+    model_a, opt_a = fresh()
+    model_b, opt_b = fresh()
+    train_step(model_a, opt_a, [(x[i:i + 2], y[i:i + 2]) for i in range(0, 8, 2)], grad_clip=None)
+    train_step(model_b, opt_b, [(x, y)], grad_clip=None)
+    for (n, a), b in zip(model_a.named_parameters(), model_b.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_token_files_round_trip(tmp_path):
+    ids = tokens()
+    loaded = load_tokens(save_tokens(ids, tmp_path / "train.bin"))
+    assert loaded.dtype == np.uint16 and np.array_equal(loaded, ids)
+    big = np.array([0, 70_000])
+    assert load_tokens(save_tokens(big, tmp_path / "big.bin")).dtype == np.uint32
+    with pytest.raises(ValueError, match="corpus empty"):
+        save_tokens([], tmp_path / "empty.bin")
+    with pytest.raises(FileNotFoundError, match="run save_tokens first"):
+        load_tokens(tmp_path / "missing.bin")
+    with pytest.raises(ValueError, match="cannot fill a window"):
+        get_batch(ids[:10], 2, 16)
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path):
+    model, opt = fresh()
+    save_checkpoint(tmp_path / "ok", model, opt, step=3)
+    other = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    with pytest.raises(ValueError, match="different model config"):
+        load_checkpoint(tmp_path / "ok", other, configure_optimizer(other, 1e-3))
+    weights = tmp_path / "ok" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt or incomplete"):
+        load_checkpoint(tmp_path / "ok", model, opt)
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        load_checkpoint(tmp_path / "nothing", model, opt)
+
+
+def test_nan_loss_stops_training():
+    model, opt = fresh()
+    x, y = get_batch(tokens(), 2, CONFIG.block_size, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        model.transformer.wte.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        train_step(model, opt, [(x, y)])
+
+
+def _ddp_worker(rank, world, port, x, y, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(GPT(CONFIG))
+    half = x.shape[0] // world
+    _, loss = model(x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half])
+    loss.backward()  # DDP averages the gradients of the two halves across processes
+    if rank == 0:
+        out.put({n: p.grad.numpy().copy() for n, p in model.module.named_parameters()})  # by value
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_process_ddp_gives_the_single_process_gradients():
+    x, y = get_batch(tokens(), 8, CONFIG.block_size, torch.Generator().manual_seed(5))
+    torch.manual_seed(0)
+    single = GPT(CONFIG)
+    single(x, y)[1].backward()
+    with socket.socket() as s:  # a free port on 127.0.0.1 for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, x, y, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    grads = out.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for n, p in single.named_parameters():
+        assert torch.allclose(torch.from_numpy(grads[n]), p.grad, atol=1e-6), n
