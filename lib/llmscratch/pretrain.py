@@ -1,0 +1,159 @@
+"""Pretrain a GPT from the command line, on a laptop CPU or on GPUs:
+
+    python -m llmscratch.pretrain --preset cpu                       # minutes on a CPU
+    python -m llmscratch.pretrain --preset gpu --compile             # one GPU, bf16
+    torchrun --nproc_per_node 8 -m llmscratch.pretrain --preset gpu  # several GPUs (DDP, NCCL)
+    python -m llmscratch.pretrain --preset cpu --resume              # continue from out/ckpt
+
+Data: the Python language reference, tokenized once with the course's byte-level BPE and stored as a
+memory-mapped token file in the output folder.
+"""
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .data import python_reference_text, train_val_split
+from .gpt import GPT, GPTConfig
+from .tokenizers import BPETokenizer
+from .train import (configure_optimizer, evaluate, get_batch, load_checkpoint, load_tokens, lr_at,
+                    save_checkpoint, save_tokens, train_step)
+
+PRESETS = {
+    # name: model, tokenizer and optimisation settings
+    "tiny": dict(vocab_size=512, n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, accum=1,
+                 steps=20, warmup=5, lr=3e-3, eval_every=10, eval_batches=2),               # tests
+    "cpu": dict(vocab_size=1024, n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, accum=1,
+                steps=600, warmup=50, lr=2e-3, eval_every=100, eval_batches=10),           # a few minutes
+    "gpu": dict(vocab_size=8192, n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, accum=4,
+                steps=3000, warmup=200, lr=6e-4, eval_every=250, eval_batches=20),         # GPT-2 small size
+}
+
+# Dense bf16 tensor-core peaks in FLOP/s, from the vendors' data sheets (without sparsity).
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+                   "RTX 4090": 165e12, "A10": 125e12, "V100": 125e12, "T4": 65e12}
+
+
+def peak_flops(device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def flops_per_token(config: GPTConfig, n_params: int) -> float:
+    """Training FLOPs per token: 6 per parameter (forward + backward) plus attention's 12·L·C·T."""
+    return 6 * n_params + 12 * config.n_layer * config.n_embd * config.block_size
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=PRESETS, default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("out"), help="folder for tokens, checkpoints and plots")
+    parser.add_argument("--steps", type=int, help="override the preset's number of steps")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/ckpt")
+    parser.add_argument("--stop-after", type=int, help="checkpoint and stop after this step, as if interrupted "
+                        "(the schedule still follows --steps)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--seed", type=int, default=1337)
+    args = parser.parse_args(argv)
+    p = dict(PRESETS[args.preset])
+    if args.steps:
+        p["steps"] = args.steps
+
+    ddp = "RANK" in os.environ
+    if ddp:  # launched by torchrun: one process per device
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if torch.cuda.is_available() else "cpu")
+    else:
+        rank, world = 0, 1
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    master = rank == 0
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    train_file, val_file = args.out / "train.bin", args.out / "val.bin"
+    if master and not train_file.exists():  # tokenize once
+        text = python_reference_text()
+        tokenizer = BPETokenizer.train(text, p["vocab_size"], special_tokens=["<|endoftext|>"])
+        tokenizer.save(args.out / "tokenizer.json")
+        train_ids, val_ids = train_val_split(tokenizer.encode(text), 0.1)
+        save_tokens(train_ids, train_file)
+        save_tokens(val_ids, val_file)
+    if ddp:
+        dist.barrier()
+    tokenizer = BPETokenizer.load(args.out / "tokenizer.json")
+    train_data, val_data = load_tokens(train_file), load_tokens(val_file)
+
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=p["block_size"], n_layer=p["n_layer"],
+                       n_head=p["n_head"], n_embd=p["n_embd"])
+    torch.manual_seed(args.seed)
+    model = GPT(config).to(device)
+    optimizer = configure_optimizer(model, lr=p["lr"])
+    generator = torch.Generator().manual_seed(args.seed + rank)  # each process draws its own windows
+    start = load_checkpoint(args.out / "ckpt", model, optimizer, generator) if args.resume else 0
+    n_params = model.parameter_counts()["total"]
+    eval_generator = torch.Generator().manual_seed(0)  # the same validation windows every time
+    val_batches = [get_batch(val_data, p["batch_size"], config.block_size, eval_generator, device)
+                   for _ in range(p["eval_batches"])]
+    train_model = torch.compile(model) if args.compile else model
+    if ddp:
+        train_model = torch.nn.parallel.DistributedDataParallel(train_model)
+
+    tokens_per_step = p["batch_size"] * p["accum"] * config.block_size * world
+    peak = peak_flops(device)
+    log = []
+    bar = None
+    if master:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=p["steps"] - start, desc=f"pretraining ({args.preset}, {n_params / 1e6:.1f}M parameters)")
+    stop = min(p["steps"], args.stop_after or p["steps"])
+    for step in range(start, stop):
+        t0 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, p["lr"], p["warmup"], p["steps"], min_lr=p["lr"] / 10)
+        micro = [get_batch(train_data, p["batch_size"], config.block_size, generator, device) for _ in range(p["accum"])]
+        stats = train_step(train_model, optimizer, micro, grad_clip=1.0,
+                           autocast_dtype=torch.bfloat16 if use_bf16 else None)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        stats.update(step=step, tokens_per_s=tokens_per_step / dt)
+        if peak:
+            stats["mfu"] = flops_per_token(config, n_params) * tokens_per_step / dt / (peak * world)
+        if master and ((step + 1) % p["eval_every"] == 0 or step + 1 == stop):
+            stats.update({f"val_{k}": v for k, v in evaluate(model, val_batches).items()})
+            save_checkpoint(args.out / "ckpt", model, optimizer, step + 1, generator)
+        if master:
+            log.append(stats)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{stats['tokens_per_s']:.0f}",
+                            **({"mfu": f"{stats['mfu']:.1%}"} if "mfu" in stats else {}))
+    if master:
+        bar.close()
+        (args.out / "log.jsonl").open("a").write("".join(json.dumps(s) + "\n" for s in log))
+        (args.out / "config.json").write_text(json.dumps({"preset": args.preset, **asdict(config)}, indent=1))
+        final = [s for s in log if "val_loss" in s]
+        if final:
+            print(f"step {final[-1]['step'] + 1}: validation loss {final[-1]['val_loss']:.3f} "
+                  f"(perplexity {final[-1]['val_perplexity']:.1f}), {log[-1]['tokens_per_s']:.0f} tokens/s")
+        prompt = torch.tensor([tokenizer.encode("The \"for\" statement")], device=device)
+        new_tokens = min(60, config.block_size - prompt.shape[1])
+        sample = model.generate(prompt, new_tokens, temperature=0.8, top_k=50, generator=torch.Generator(device).manual_seed(0))
+        print("sample:", tokenizer.decode(sample[0].tolist()))
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
