@@ -76,8 +76,11 @@ CORRECT = [(check.ch04.layer_norm, layer_norm), (check.ch04.block_forward, block
            (check.ch04.top_p_filter, top_p_filter), (check.ch04.attend_with_cache, attend_with_cache)]
 
 MISTAKES = [
-    (check.ch04.layer_norm, lambda x, w, b, eps=1e-5: (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + eps) * w + b,
-     "differ"),
+    (check.ch04.layer_norm, lambda x, w, b, eps=1e-5: (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + eps) * w + b,
+     "unbiased variance"),
+    (check.ch04.layer_norm, lambda x, w, b, eps=1e-5: (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True, unbiased=False).sqrt() + eps) * w + b,
+     "outside the square root"),
+    (check.ch04.top_k_filter, lambda logits, k: top_k_filter(logits, k) if k <= logits.shape[-1] else logits.topk(k), "clamp it"),
     (check.ch04.block_forward, post_ln_block, "differ"),
     (check.ch04.block_forward, block_without_causal_mask, "differ"),
     (check.ch04.gpt_forward, gpt_loss_on_padding, "loss"),

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ..gpt import GPT, GPTConfig
 from ..gpt import top_k_filter as reference_top_k
 from ..gpt import top_p_filter as reference_top_p
-from .core import exercise, expect, expect_tensor
+from .core import CheckFailed, exercise, expect, expect_tensor
 
 TINY = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
@@ -15,12 +15,21 @@ TINY = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
 @exercise("layer_norm")
 def layer_norm(fn):
     g = torch.Generator().manual_seed(0)
-    for shape in [(4, 8), (2, 5, 16), (3, 1, 7, 32)]:
-        x = torch.randn(shape, generator=g) * 3 + 1
+    # the last case has a tiny variance (~1e-6), where eps = 1e-5 matters: it catches eps outside the root
+    for shape, spread in [((4, 8), 3.0), ((2, 5, 16), 3.0), ((3, 1, 7, 32), 3.0), ((2, 8), 1e-3)]:
+        x = torch.randn(shape, generator=g) * spread + 1
         w, b = torch.randn(shape[-1], generator=g), torch.randn(shape[-1], generator=g)
-        expect_tensor(fn(x, w, b), F.layer_norm(x, (shape[-1],), w, b, eps=1e-5),
-                      f"layer_norm(x of shape {shape}) (normalise over the last dimension, biased variance, "
-                      "eps inside the square root)", atol=1e-5)
+        got, expected = fn(x, w, b), F.layer_norm(x, (shape[-1],), w, b, eps=1e-5)
+        if torch.is_tensor(got) and got.shape == expected.shape and not torch.allclose(got, expected, atol=1e-4):
+            mean = x.mean(-1, keepdim=True)
+            unbiased = (x - mean) / torch.sqrt(x.var(-1, keepdim=True) + 1e-5) * w + b
+            eps_outside = (x - mean) / (x.var(-1, keepdim=True, unbiased=False).sqrt() + 1e-5) * w + b
+            expect(not torch.allclose(got, unbiased, atol=1e-4), "layer_norm uses the unbiased variance (divide "
+                   "by C - 1); LayerNorm divides by C: x.var(dim=-1, unbiased=False)")
+            expect(not torch.allclose(got, eps_outside, atol=1e-4), "layer_norm adds eps outside the square root; "
+                   "it belongs inside: sqrt(var + eps)")
+        expect_tensor(got, expected, f"layer_norm(x of shape {shape}) (normalise over the last dimension, "
+                      "biased variance, eps inside the square root)", atol=1e-4)
     return "equal to F.layer_norm"
 
 
@@ -72,7 +81,13 @@ def _kept(logits):
 def top_k_filter(fn):
     for logits in _filter_cases():
         for k in (1, 2, 3, 100):
-            got = fn(logits.clone(), k)
+            try:
+                got = fn(logits.clone(), k)
+            except NotImplementedError:
+                raise
+            except RuntimeError as err:
+                raise CheckFailed(f"top_k_filter(logits with {logits.shape[-1]} entries, k={k}) raised {err}: "
+                                  "k may exceed the vocabulary, clamp it with min(k, logits.size(-1))") from err
             expected = reference_top_k(logits, k)
             expect(torch.equal(_kept(got), _kept(expected)),
                    f"top_k_filter({logits.tolist()[0][:6]}..., k={k}) keeps {_kept(got).tolist()[0][:6]}..., "
