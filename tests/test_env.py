@@ -40,7 +40,9 @@ def test_preset_follows_the_device(clean_env):
     assert choose_preset("cpu") == "cpu"
     assert choose_preset("cuda") == "gpu"
     assert choose_preset("mps") == "cpu"
-    assert choose_preset("cuda", presets=("tiny", "cpu")) == "tiny"
+    assert choose_preset("cuda", presets=("tiny", "cpu")) == "cpu"
+    assert choose_preset("cpu", presets=("quick", "cpu", "gpu")) == "cpu"  # "quick" is for CI only
+    assert choose_preset("cuda", presets=("tiny", "small")) == "tiny"
 
 
 def test_preset_override_and_variable(clean_env):

@@ -43,7 +43,9 @@ def choose_preset(device: torch.device | str, presets=("cpu", "gpu"), override: 
     """Pick a preset name. `presets` is ordered smallest first.
 
     Order of precedence: CI / autograding (always the smallest), then `override`, then the
-    LLMSCRATCH_PRESET variable, then the device (a GPU gets "gpu" when that preset exists).
+    LLMSCRATCH_PRESET variable, then the device: a GPU gets "gpu", anything else "cpu", where that
+    preset exists; otherwise the smallest. A chapter may have a preset smaller than "cpu" (e.g.
+    "quick") that only validates the notebook under CI and autograding.
     """
     presets = tuple(presets)
     if not presets:
@@ -55,5 +57,6 @@ def choose_preset(device: torch.device | str, presets=("cpu", "gpu"), override: 
         if choice not in presets:
             raise ValueError(f"unknown preset {choice!r}: choose one of {', '.join(presets)}")
         return choice
-    is_gpu = torch.device(device).type == "cuda"
-    return "gpu" if is_gpu and "gpu" in presets else presets[0]
+    if torch.device(device).type == "cuda" and "gpu" in presets:
+        return "gpu"
+    return "cpu" if "cpu" in presets else presets[0]
