@@ -172,3 +172,6 @@ def test_command_line_pretraining_resumes_exactly(tmp_path):
     assert [s["step"] for s in resumed] == list(range(20))
     assert [s["loss"] for s in resumed] == [s["loss"] for s in straight]
     assert resumed[-1]["val_loss"] < math.log(512)  # it learned something: below a uniform guess
+    evals = [s for s in resumed if "val_loss" in s]
+    assert [s["step"] + 1 for s in evals] == [10, 20] and all(s["sample"].startswith('The "for"') for s in evals)
+    assert (tmp_path / "b" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the whole run's curves

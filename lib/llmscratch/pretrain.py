@@ -52,6 +52,34 @@ def flops_per_token(config: GPTConfig, n_params: int) -> float:
     return 6 * n_params + 12 * config.n_layer * config.n_embd * config.block_size
 
 
+SAMPLE_PROMPT = "The \"for\" statement"
+
+
+def sample(model, tokenizer, prompt: str, device, new_tokens: int = 40) -> str:
+    """A short continuation of `prompt` (temperature 0.8, top-k 50, fixed seed): the same every eval."""
+    idx = torch.tensor([tokenizer.encode(prompt)], device=device)
+    new_tokens = min(new_tokens, model.config.block_size - idx.shape[1])
+    out = model.generate(idx, new_tokens, temperature=0.8, top_k=50, generator=torch.Generator(device).manual_seed(0))
+    return tokenizer.decode(out[0].tolist())
+
+
+def plot_log(log_file: Path, png: Path, title: str) -> None:
+    """Training and validation loss of every step in log.jsonl (a resumed run included) as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")  # headless: no display needed
+    import matplotlib.pyplot as plt
+
+    from .plots import loss_curve
+
+    log = [json.loads(line) for line in log_file.read_text().splitlines()]
+    evals = [s for s in log if "val_loss" in s]
+    ax = loss_curve({"training loss": ([s["step"] + 1 for s in log], [s["loss"] for s in log]),
+                     "validation loss": ([s["step"] + 1 for s in evals], [s["val_loss"] for s in evals])},
+                    title=title)
+    ax.figure.savefig(png, bbox_inches="tight")
+    plt.close(ax.figure)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=PRESETS, default="cpu")
@@ -133,6 +161,8 @@ def main(argv=None):
             stats["mfu"] = flops_per_token(config, n_params) * tokens_per_step / dt / (peak * world)
         if master and ((step + 1) % p["eval_every"] == 0 or step + 1 == stop):
             stats.update({f"val_{k}": v for k, v in evaluate(model, val_batches).items()})
+            stats["sample"] = sample(model, tokenizer, SAMPLE_PROMPT, device)
+            bar.write(f"step {step + 1}: validation loss {stats['val_loss']:.3f} | {stats['sample']!r}")
             save_checkpoint(args.out / "ckpt", model, optimizer, step + 1, generator)
         if master:
             log.append(stats)
@@ -147,10 +177,8 @@ def main(argv=None):
         if final:
             print(f"step {final[-1]['step'] + 1}: validation loss {final[-1]['val_loss']:.3f} "
                   f"(perplexity {final[-1]['val_perplexity']:.1f}), {log[-1]['tokens_per_s']:.0f} tokens/s")
-        prompt = torch.tensor([tokenizer.encode("The \"for\" statement")], device=device)
-        new_tokens = min(60, config.block_size - prompt.shape[1])
-        sample = model.generate(prompt, new_tokens, temperature=0.8, top_k=50, generator=torch.Generator(device).manual_seed(0))
-        print("sample:", tokenizer.decode(sample[0].tolist()))
+        plot_log(args.out / "log.jsonl", args.out / "loss.png", title=f"pretraining, preset {args.preset}")
+        print(f"loss curves: {args.out / 'loss.png'}")
     if ddp:
         dist.destroy_process_group()
 
