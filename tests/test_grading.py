@@ -94,6 +94,22 @@ CASES = {
             "emptied": "test_attend_with_cache",
         },
     },
+    "05_pretraining": {
+        # Warmup that starts at 0: step 0 learns nothing.
+        "mistake": ("lr_at", "def lr_at(step, max_lr, warmup_steps, total_steps, min_lr=0.0):\n"
+                             "    if step < warmup_steps:\n        return max_lr * step / warmup_steps\n"
+                             "    if step >= total_steps:\n        return min_lr\n"
+                             "    progress = (step - warmup_steps) / (total_steps - warmup_steps)\n"
+                             "    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))\n",
+                    {"test_lr_at"}),
+        "tamper": {
+            "broken": {"get_batch": "def get_batch(tokens, batch_size, block_size, generator=None):\n"
+                                    "    x = torch.zeros(batch_size, block_size, dtype=torch.long)\n    return x, x\n",
+                       "evaluate": "def evaluate(model, batches):\n    return {'loss': 0.0, 'perplexity': 1.0}\n"},
+            "deleted": "test_get_batch",
+            "emptied": "test_evaluate",
+        },
+    },
 }
 
 
