@@ -1,0 +1,101 @@
+"""Training throughput: the course GPT against Hugging Face's GPT2LMHeadModel, same config, same weights,
+same batch, same optimizer (AdamW with decay groups), same training step, in the same run.
+
+    python -m benchmarks.training                              # CPU: the cpu preset and a wider model, fp32
+    python -m benchmarks.training --device cuda --compile      # a GPU: the gpu preset, bf16 autocast, MFU
+
+The two models take turns step by step (so a busy machine slows both alike); the figure is the median step
+time after warm-up steps. HF's model starts from the course model's weights (GPT.to_hf), and the first
+losses are compared, so both really compute the same thing.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmscratch.gpt import GPT, GPTConfig
+from llmscratch.pretrain import PRESETS, flops_per_token, peak_flops
+from llmscratch.train import configure_optimizer, train_step
+
+
+def preset_config(name: str) -> tuple[GPTConfig, int]:
+    p = PRESETS[name]
+    return GPTConfig(vocab_size=p["vocab_size"], block_size=p["block_size"], n_layer=p["n_layer"], n_head=p["n_head"],
+                     n_embd=p["n_embd"]), p["batch_size"]
+
+
+CASES = {  # name: (config, batch size)
+    "cpu": {"cpu preset": preset_config("cpu"),
+            "wider (6 x 384, T 256)": (GPTConfig(vocab_size=2048, block_size=256, n_layer=6, n_head=6, n_embd=384), 8)},
+    "cuda": {"gpu preset": preset_config("gpu")},
+}
+
+
+class HFForTraining(nn.Module):
+    """GPT2LMHeadModel behind the course's (x, y) -> (logits, loss) interface: the same loss on the same positions."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x, y):
+        logits = self.hf(input_ids=x).logits                                    # (B, T, vocab)
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+
+
+def run(device: str, steps: int, warmup: int, compile_models: bool):
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
+    print(f"training steps on {device}, {'bf16 autocast' if dtype else 'fp32'}{', torch.compile' if compile_models else ''}; "
+          f"median of {steps} steps after {warmup} warm-up steps, the two models alternating")
+    print(f"{'case':>24} | {'params':>7} | {'course tok/s':>12} | {'HF tok/s':>10} | {'course / HF':>11} | "
+          f"{'first losses (course, HF)':>25}" + (" | course MFU" if device == "cuda" else ""))
+    for name, (config, batch) in CASES[device].items():
+        torch.manual_seed(0)
+        ours = GPT(config).to(device)
+        hf = HFForTraining(ours.to_hf()).to(device).train()  # a copy of the same weights
+        g = torch.Generator().manual_seed(0)
+        batches = [(torch.randint(config.vocab_size, (batch, config.block_size), generator=g).to(device),
+                    torch.randint(config.vocab_size, (batch, config.block_size), generator=g).to(device))
+                   for _ in range(4)]
+        models = {"course": ours, "HF": hf}
+        optimizers = {k: configure_optimizer(m, lr=1e-4) for k, m in models.items()}
+        runners = {k: torch.compile(m) if compile_models else m for k, m in models.items()}
+        times, first = {k: [] for k in models}, {}
+        for i in range(warmup + steps):
+            for k in models:
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                stats = train_step(runners[k], optimizers[k], [batches[i % len(batches)]], autocast_dtype=dtype)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                if i == 0:
+                    first[k] = stats["loss"]
+                elif i >= warmup:
+                    times[k].append(time.perf_counter() - t0)
+        tokens = batch * config.block_size
+        tps = {k: tokens / statistics.median(v) for k, v in times.items()}
+        n_params = ours.parameter_counts()["total"]
+        row = (f"{name:>24} | {n_params / 1e6:6.1f}M | {tps['course']:12,.0f} | {tps['HF']:10,.0f} | "
+               f"{tps['course'] / tps['HF']:10.2f}x | {first['course']:12.5f}, {first['HF']:.5f}")
+        peak = peak_flops(torch.device(device))
+        if peak:
+            row += f" | {flops_per_token(config, n_params) * tps['course'] / peak:.1%}"
+        print(row)
+    print(f"HF attention implementation: {hf.hf.config._attn_implementation}; the course GPT calls "
+          "F.scaled_dot_product_attention")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--steps", type=int, default=None, help="measured steps per model (default: 20 CPU, 50 GPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (default: 3 CPU, 10 GPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    args = parser.parse_args()
+    gpu = args.device == "cuda"
+    run(args.device, args.steps or (50 if gpu else 20), args.warmup or (10 if gpu else 3), args.compile)
