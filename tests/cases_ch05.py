@@ -37,10 +37,14 @@ def lr_with(warmup_from_zero=False, cosine_from_zero=False, ignore_min=False, no
     return fn
 
 
-def train_step_with(divide=True, zero_grad="start", clip="once", norm_after_clip=False, sum_loss=False, item=True):
+def train_step_with(divide=True, zero_grad="start", clip="once", norm_after_clip=False, sum_loss=False, item=True,
+                    train_mode=True, always_clip=False):
     """A training step with one thing changed: no 1/k, where zero_grad goes, how clipping is done."""
     def fn(model, optimizer, micro_batches, grad_clip=1.0):
-        model.train()
+        if train_mode:
+            model.train()
+        if always_clip:
+            grad_clip = grad_clip or 1e-3
         if zero_grad == "start":
             optimizer.zero_grad(set_to_none=True)
         losses = []
@@ -56,10 +60,12 @@ def train_step_with(divide=True, zero_grad="start", clip="once", norm_after_clip
         if norm_after_clip and grad_clip:
             norm = min(norm.item(), grad_clip)
         optimizer.step()
+        if zero_grad == "after_step":  # nanoGPT's order: correct too
+            optimizer.zero_grad(set_to_none=True)
         if clip == "after_step" and grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         total = sum(losses)
-        return {"loss": total if sum_loss else total / len(losses), "grad_norm": float(norm)}
+        return {"loss": total if sum_loss else total / len(losses), "grad_norm": float(norm) if item else norm}
     return fn
 
 
@@ -83,6 +89,7 @@ def evaluate_with(eval_mode=True, no_grad=True, restore=True, mean_of_perplexiti
 
 CORRECT = [(check.ch05.get_batch, get_batch), (check.ch05.lr_at, lr_at), (check.ch05.train_step, train_step),
            (check.ch05.train_step, library_train_step),
+           (check.ch05.train_step, train_step_with(zero_grad="after_step")),
            (check.ch05.evaluate, evaluate), (check.ch05.evaluate, evaluate_with())]
 
 MISTAKES = [
@@ -101,11 +108,15 @@ MISTAKES = [
     (check.ch05.train_step, train_step_with(divide=False), "times too large"),
     (check.ch05.train_step, train_step_with(zero_grad="none"), "previous step"),
     (check.ch05.train_step, train_step_with(zero_grad="loop"), "zero_grad once"),
-    (check.ch05.train_step, train_step_with(clip="each"), "clip once"),
-    (check.ch05.train_step, train_step_with(clip="after_step"), "after the step"),
+    (check.ch05.train_step, train_step_with(clip="each"), "once, after all micro-batches"),
+    (check.ch05.train_step, train_step_with(clip="after_step"), "before optimizer.step"),
+    (check.ch05.train_step, train_step_with(train_mode=False), "model.train"),
+    (check.ch05.train_step, train_step_with(always_clip=True), "nothing needed clipping"),
     (check.ch05.train_step, train_step_with(norm_after_clip=True), "before clipping"),
     (check.ch05.train_step, train_step_with(sum_loss=True), "mean of the micro-batch losses"),
     (check.ch05.train_step, train_step_with(item=False), "holds the autograd graph"),
+    (check.ch05.evaluate, lambda model, batches: {k: torch.tensor(v) for k, v in evaluate(model, batches).items()},
+     "plain float"),
     (check.ch05.evaluate, evaluate_with(eval_mode=False), "model.eval"),
     (check.ch05.evaluate, evaluate_with(no_grad=False), "no_grad"),
     (check.ch05.evaluate, evaluate_with(restore=False), "put it back"),

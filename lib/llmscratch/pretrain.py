@@ -29,8 +29,8 @@ PRESETS = {
     # name: model, tokenizer and optimisation settings
     "tiny": dict(vocab_size=512, n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, accum=1,
                  steps=20, warmup=5, lr=3e-3, eval_every=10, eval_batches=2),               # tests
-    "cpu": dict(vocab_size=1024, n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, accum=1,
-                steps=600, warmup=50, lr=2e-3, eval_every=100, eval_batches=10),           # a few minutes
+    "cpu": dict(vocab_size=512, n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, accum=1,
+                steps=800, warmup=50, lr=2e-3, eval_every=100, eval_batches=10),           # chapter 05's cpu preset
     "gpu": dict(vocab_size=8192, n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, accum=4,
                 steps=3000, warmup=200, lr=6e-4, eval_every=250, eval_batches=20),         # GPT-2 small size
 }

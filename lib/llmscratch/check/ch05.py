@@ -149,16 +149,19 @@ def _reference_step(model, optimizer, micro_batches, grad_clip):
     return {"loss": loss.item(), "grad_norm": norm.item()}
 
 
-def _number(stats, key, what):
-    expect(isinstance(stats, dict) and key in stats, f"train_step must return a dict with '{key}', got {stats!r}")
-    value = stats[key]
+def _number(result, key, what, fn_name):
+    expect(isinstance(result, dict) and key in result, f"{fn_name} must return a dict with '{key}', got {result!r}")
+    value = result[key]
     if torch.is_tensor(value):
-        expect(not value.requires_grad, f"'{key}' is a tensor that still holds the autograd graph: return "
-                                        f"{what}.item(), a plain float (a list of tensors keeps every graph alive)")
-        expect(value.numel() == 1, f"'{key}' must be one number, got shape {tuple(value.shape)}")
-        value = value.item()
-    expect(isinstance(value, (int, float)), f"'{key}' must be a number, got {type(value).__name__}")
+        graph = " that still holds the autograd graph (a list of them keeps every graph alive)" if value.requires_grad else ""
+        raise CheckFailed(f"'{key}' is a tensor{graph}: return {what}.item(), a plain float")
+    expect(isinstance(value, (int, float)) and not isinstance(value, bool),
+           f"'{key}' must be a plain float, got {type(value).__name__}")
     return float(value)
+
+
+def _flat(tensors):
+    return torch.cat([t.reshape(-1) for t in tensors])
 
 
 @exercise("train_step")
@@ -168,18 +171,29 @@ def train_step(fn):
         ours, ref = _model(), _model()
         opt_ours = torch.optim.SGD(ours.parameters(), lr=0.5)  # plain SGD: parameters show the gradients
         opt_ref = torch.optim.SGD(ref.parameters(), lr=0.5)
+        stepped = []  # the gradients each optimizer.step() used, whatever happens to .grad afterwards
+        opt_ours.register_step_pre_hook(
+            lambda opt, args, kwargs: stepped.append([None if p.grad is None else p.grad.clone() for p in ours.parameters()]))
+        modes = []
+        ours.register_forward_pre_hook(lambda module, args: modes.append(module.training))
         for step in range(2):  # two steps in a row: gradients must not carry over
+            ours.eval()       # as evaluate() may have left it
             micro = _batches(10 * step + 1, k)
+            stepped.clear()
+            modes.clear()
             stats = fn(ours, opt_ours, micro, grad_clip)
             expected = _reference_step(ref, opt_ref, micro, grad_clip)
             what = f"step {step + 1} with {k} micro-batches and grad_clip={grad_clip}"
-            loss = _number(stats, "loss", "loss")
+            expect(modes and all(modes), f"{what}: the model ran in eval mode: call model.train() first "
+                                         "(evaluate() leaves it in eval mode, where dropout is off)")
+            expect(len(stepped) == 1, f"{what}: optimizer.step() was called {len(stepped)} times: once per train_step")
+            loss = _number(stats, "loss", "loss", "train_step")
             if math.isclose(loss, k * expected["loss"], rel_tol=1e-4):
                 raise CheckFailed(f"{what}: the loss is {loss:.4f}, {k} times the mean {expected['loss']:.4f}: "
                                   "return the mean of the micro-batch losses")
             expect(math.isclose(loss, expected["loss"], rel_tol=1e-5),
                    f"{what}: the loss is {loss:.6f}, expected the mean over the micro-batches {expected['loss']:.6f}")
-            norm = _number(stats, "grad_norm", "the norm")
+            norm = _number(stats, "grad_norm", "the norm", "train_step")
             if math.isclose(norm, k * expected["grad_norm"], rel_tol=1e-4):
                 raise CheckFailed(f"{what}: the gradient norm is {norm:.4f}, {k} times too large: divide each "
                                   "micro-batch's loss by the number of micro-batches before backward(), so the "
@@ -188,22 +202,39 @@ def train_step(fn):
                 raise CheckFailed(f"{what}: the gradient norm is {norm:.4f}, expected {expected['grad_norm']:.4f}; "
                                   "the first step was right: gradients of the previous step are still there. "
                                   "Call optimizer.zero_grad() at the start of each step")
-            for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
-                expect(p.grad is not None, f"{what}: {name} has no gradient: call backward() on each micro-batch's loss")
-                if not torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4):
-                    hint = ("clip once, after all micro-batches, before optimizer.step()" if grad_clip == 0.05
+            used = stepped[0]
+            names = [n for n, _ in ours.named_parameters()]
+            missing = [n for n, g in zip(names, used) if g is None]
+            if missing:
+                raise CheckFailed(f"{what}: {missing[0]} had no gradient when optimizer.step() ran: call backward() "
+                                  "on each micro-batch's loss before stepping")
+            got, want = _flat(used), _flat([q.grad for q in ref.parameters()])
+            if not torch.allclose(got, want, atol=1e-6, rtol=1e-4):
+                scale = (got @ want / (want @ want)).item()
+                if torch.allclose(got, scale * want, atol=1e-6, rtol=1e-3):  # right direction, wrong length
+                    if grad_clip is None or grad_clip > expected["grad_norm"]:
+                        hint = (f"the gradient was scaled by {scale:.3g} although nothing needed clipping: with "
+                                f"grad_clip={grad_clip} leave it as it is (clip_grad_norm_ with float('inf'))")
+                    elif scale > 1:
+                        hint = (f"optimizer.step() used a gradient {scale:.3g} times longer than the clipped one: "
+                                "clip before optimizer.step()")
+                    else:
+                        hint = f"the gradient was scaled by {scale:.3g}: clip its global norm to grad_clip, once"
+                else:
+                    hint = ("clip the global norm (clip_grad_norm_) once, after all micro-batches, before "
+                            "optimizer.step()" if grad_clip == 0.05
                             else "call zero_grad once at the start, then backward() on every micro-batch")
-                    raise CheckFailed(f"{what}: the gradient of {name} differs from that of one batch made of all "
-                                      f"micro-batches: {hint}")
+                raise CheckFailed(f"{what}: the gradient optimizer.step() used differs from that of one batch made "
+                                  f"of all micro-batches: {hint}")
             if grad_clip is not None and math.isclose(norm, grad_clip, rel_tol=1e-4) and expected["grad_norm"] > grad_clip:
                 raise CheckFailed(f"{what}: the gradient norm returned is {norm:.4f} = grad_clip: return the norm "
                                   "before clipping (what clip_grad_norm_ returns), it tells you how often you clip")
             expect(math.isclose(norm, expected["grad_norm"], rel_tol=1e-4),
                    f"{what}: the gradient norm is {norm:.6f}, expected {expected['grad_norm']:.6f} (the norm of "
-                   "the gradient of the mean loss over all micro-batches, before clipping)")
+                   "the gradient of the mean loss over all micro-batches, before clipping; with grad_clip=None too)")
             for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
-                expect_tensor(p.detach(), q.detach(), f"{what}: {name} after the step (clip before "
-                              "optimizer.step(), and step once)", atol=1e-6, rtol=1e-4)
+                expect_tensor(p.detach(), q.detach(), f"{what}: {name} after the step (step once, with the "
+                              "clipped gradient)", atol=1e-6, rtol=1e-4)
     return "equal to one large batch, clipped, one step"
 
 
@@ -235,9 +266,8 @@ def evaluate(fn):
                    f"the model was in {'training' if start_in_training else 'eval'} mode before and is in "
                    f"{'training' if model.training else 'eval'} mode after: put it back as it was "
                    "(was_training = model.training ... model.train(was_training))")
-            expect(isinstance(result, dict) and "loss" in result and "perplexity" in result,
-                   f"evaluate must return a dict with 'loss' and 'perplexity', got {result!r}")
-            loss, ppl = float(result["loss"]), float(result["perplexity"])
+            loss = _number(result, "loss", "loss", "evaluate")
+            ppl = _number(result, "perplexity", "perplexity", "evaluate")
             if math.isclose(loss, losses[0], rel_tol=1e-6) and not math.isclose(loss, expected, rel_tol=1e-4):
                 raise CheckFailed("the loss is that of the first batch only: average over all batches")
             expect(math.isclose(loss, expected, rel_tol=1e-5),
