@@ -69,10 +69,6 @@ def train_step_with(divide=True, zero_grad="start", clip="once", norm_after_clip
     return fn
 
 
-def train_step(model, optimizer, micro_batches, grad_clip=1.0):
-    return train_step_with()(model, optimizer, micro_batches, grad_clip)
-
-
 def evaluate_with(eval_mode=True, no_grad=True, restore=True, mean_of_perplexities=False, first_only=False):
     def fn(model, batches):
         was_training = model.training
@@ -87,7 +83,7 @@ def evaluate_with(eval_mode=True, no_grad=True, restore=True, mean_of_perplexiti
     return fn
 
 
-CORRECT = [(check.ch05.get_batch, get_batch), (check.ch05.lr_at, lr_at), (check.ch05.train_step, train_step),
+CORRECT = [(check.ch05.get_batch, get_batch), (check.ch05.lr_at, lr_at), (check.ch05.train_step, train_step_with()),
            (check.ch05.train_step, library_train_step),
            (check.ch05.train_step, train_step_with(zero_grad="after_step")),
            (check.ch05.evaluate, evaluate), (check.ch05.evaluate, evaluate_with())]

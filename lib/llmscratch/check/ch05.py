@@ -193,7 +193,7 @@ def train_step(fn):
                                   "return the mean of the micro-batch losses")
             expect(math.isclose(loss, expected["loss"], rel_tol=1e-5),
                    f"{what}: the loss is {loss:.6f}, expected the mean over the micro-batches {expected['loss']:.6f}")
-            norm = _number(stats, "grad_norm", "the norm", "train_step")
+            norm = _number(stats, "grad_norm", "norm", "train_step")
             if math.isclose(norm, k * expected["grad_norm"], rel_tol=1e-4):
                 raise CheckFailed(f"{what}: the gradient norm is {norm:.4f}, {k} times too large: divide each "
                                   "micro-batch's loss by the number of micro-batches before backward(), so the "
