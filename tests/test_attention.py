@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmscratch.attention import (MultiHeadAttention, causal_mask, combine_masks, padding_mask,
+from llmscratch.attention import (KVCache, MultiHeadAttention, causal_mask, combine_masks, padding_mask,
                                   scaled_dot_product_attention)
 
 SHAPES = [(1, 1, 1, 4), (2, 3, 5, 8), (4, 2, 17, 16), (2, 4, 64, 32)]  # (B, nh, T, hs)
@@ -57,16 +57,25 @@ def test_bf16_within_loose_tolerance(shape):
     assert (ours - exact).abs().max().item() < 5e-2
 
 
-def test_fully_masked_rows_give_zeros_and_no_nan():
+@pytest.mark.parametrize("kind", ["bool", "float -inf"])
+def test_fully_masked_rows_give_zeros_and_no_nan(kind):
     shape = (2, 2, 6, 8)
     q, k, v = qkv(shape, seed=3, requires_grad=True)
+    ref_in = [t.detach().clone().requires_grad_() for t in (q, k, v)]
     mask = random_bool_mask(shape, seed=4)
     mask[0, :, 2] = False  # query 2 of sequence 0 may attend to nothing
+    if kind == "float -inf":
+        mask = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
     out = scaled_dot_product_attention(q, k, v, mask=mask)
     assert not out.isnan().any() and torch.equal(out[0, :, 2], torch.zeros_like(out[0, :, 2]))
-    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-6)
+    ref = F.scaled_dot_product_attention(*ref_in, attn_mask=mask)
+    assert torch.allclose(out, ref, atol=1e-6)
     out.sum().backward()
-    assert not q.grad.isnan().any() and torch.equal(q.grad[0, :, 2], torch.zeros_like(q.grad[0, :, 2]))
+    ref.sum().backward()
+    for ours, theirs in zip((q, k, v), ref_in):
+        assert not ours.grad.isnan().any()
+        assert torch.allclose(ours.grad, theirs.grad, atol=1e-5)
+    assert torch.equal(q.grad[0, :, 2], torch.zeros_like(q.grad[0, :, 2]))
 
 
 def test_masks():
@@ -77,6 +86,8 @@ def test_masks():
     both = combine_masks(causal_mask(3), pad)
     assert both.shape == (2, 1, 3, 3) and both[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, False]]
     assert combine_masks(None, pad) is pad
+    # with 2 cached positions, query t (at position 2 + t) sees keys 0 .. 2 + t
+    assert causal_mask(2, offset=2).tolist() == [[True, True, True, False], [True, True, True, True]]
     with pytest.raises(ValueError, match="batch, time"):
         padding_mask(am[0])
 
@@ -87,13 +98,13 @@ def test_shape_errors_are_clear():
         scaled_dot_product_attention(q, k[..., :4], v)
     with pytest.raises(ValueError, match="does not broadcast"):
         scaled_dot_product_attention(q, k, v, mask=torch.ones(3, 3, dtype=torch.bool))
-    with pytest.raises(ValueError, match="not divisible by n_heads=5"):
+    with pytest.raises(ValueError, match="not divisible by n_head=5"):
         MultiHeadAttention(32, 5)
 
 
 def copy_into_torch_mha(ours: MultiHeadAttention) -> nn.MultiheadAttention:
     d = ours.c_proj.in_features
-    ref = nn.MultiheadAttention(d, ours.n_heads, batch_first=True)
+    ref = nn.MultiheadAttention(d, ours.n_head, batch_first=True)
     with torch.no_grad():
         ref.in_proj_weight.copy_(ours.c_attn.weight)   # (3C, C): rows are q, then k, then v
         ref.in_proj_bias.copy_(ours.c_attn.bias)
@@ -120,3 +131,20 @@ def test_multi_head_attention_equals_torch(use_sdpa, B, T, C, nh):
     # padding: torch's key_padding_mask is True for the keys to ignore
     pad_ref = ref(x, x, x, key_padding_mask=attention_mask == 0, need_weights=False)[0]
     assert torch.allclose(ours(x, mask=padding_mask(attention_mask)), pad_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_sdpa", [True, False])
+def test_kv_cache_equals_full_causal_attention(use_sdpa):
+    """Feeding a sequence in pieces through the cache gives what one causal pass gives."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 4, use_sdpa=use_sdpa).eval()
+    x = torch.randn(2, 11, 32)
+    full = mha(x, is_causal=True)
+    cache = KVCache(n_layer=1, batch_size=2, n_head=4, max_len=16, head_size=8)
+    pieces = []
+    for a, b in [(0, 4), (4, 5), (5, 9), (9, 11)]:   # a prompt, then one token, then several
+        pieces.append(mha(x[:, a:b], is_causal=True, cache=cache))
+        cache.length = b
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+    with pytest.raises(ValueError, match="holds 16 positions"):
+        mha(torch.randn(2, 6, 32), is_causal=True, cache=cache)

@@ -4,7 +4,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from llmscratch.gpt import GPT, GPTConfig, KVCache, top_k_filter, top_p_filter
+from llmscratch.attention import MultiHeadAttention
+from llmscratch.gpt import GPT, GPTConfig, top_k_filter, top_p_filter
+from llmscratch.positions import LearnedPositions
 
 CONFIGS = [
     GPTConfig(vocab_size=97, block_size=32, n_layer=1, n_head=1, n_embd=16),
@@ -60,7 +62,7 @@ def test_cache_gives_identical_tokens_and_distributions(config):
     greedy_cached = model.generate(prompt, 50, temperature=0, use_cache=True)
     assert torch.equal(greedy_cached, model.generate(prompt, 50, temperature=0, use_cache=False))
     # step by step, the next-token distribution from the cache equals a full forward pass
-    cache = KVCache(config, 2)
+    cache = model.new_cache(2)
     logits, _ = model(greedy_cached[:, :5], cache=cache)
     for t in range(5, greedy_cached.shape[1]):
         full = model(greedy_cached[:, :t])[0][:, -1]
@@ -141,3 +143,10 @@ def test_trained_model_works_in_transformers_pipeline(tmp_path):
     ours = model.generate(ids, 20, temperature=0, eos_token_id=bpe.special_tokens["<|endoftext|>"])
     expected = bpe.decode(ours[0, ids.shape[1]:].tolist())
     assert len(expected) > 0 and out == expected
+
+
+def test_gpt_runs_the_earlier_chapters_building_blocks():
+    """What chapters 02 and 03 build is what chapter 04 runs: one implementation of each idea."""
+    model = GPT(CONFIGS[1])
+    assert isinstance(model.transformer.wpe, LearnedPositions)
+    assert all(isinstance(block.attn, MultiHeadAttention) for block in model.transformer.h)

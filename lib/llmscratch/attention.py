@@ -23,18 +23,17 @@ def scaled_dot_product_attention(q, k, v, mask=None, dropout_p: float = 0.0, sca
                          "q and k need the same last dimension, k and v the same length")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale                       # (..., T_q, T_k)
-    blocked = None
+    empty = None
     if mask is not None:
         _check_mask(mask, scores.shape)
-        if mask.dtype == torch.bool:
-            blocked = ~mask
-            scores = scores.masked_fill(blocked, float("-inf"))
-        else:
-            scores = scores + mask
-            blocked = torch.isneginf(mask)
+        allowed = mask if mask.dtype == torch.bool else ~torch.isneginf(mask)
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        # A row with no allowed key is all -inf: its softmax is NaN, and so is its gradient, which
+        # masking the output afterwards does not undo. Give such rows finite scores, zero weights later.
+        empty = ~allowed.any(dim=-1, keepdim=True)
+        scores = scores.masked_fill(empty, 0.0)
     weights = torch.softmax(scores, dim=-1)
-    if blocked is not None:  # rows with no allowed key are all NaN after softmax: make them zeros
-        empty = blocked.all(dim=-1, keepdim=True)
+    if empty is not None:
         weights = weights.masked_fill(empty, 0.0)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
@@ -49,9 +48,10 @@ def _check_mask(mask, scores_shape):
                          f"{tuple(scores_shape)} (batch, heads, queries, keys)") from None
 
 
-def causal_mask(T: int, device=None) -> torch.Tensor:
-    """(T, T) boolean, True on and below the diagonal: token t sees tokens 0..t."""
-    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+def causal_mask(T: int, device=None, offset: int = 0) -> torch.Tensor:
+    """(T, offset + T) boolean, True on and below the diagonal: the query at position offset + t sees
+    keys 0 .. offset + t. offset > 0 when earlier positions sit in a KV cache."""
+    return torch.ones(T, offset + T, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -71,30 +71,66 @@ def combine_masks(*masks) -> torch.Tensor:
     return out
 
 
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, so that each new token costs one
+    position of work instead of re-running the whole prefix. Preallocated: (B, nh, max_len, hs) per
+    layer (nh is the number of key/value heads, which may be fewer than the query heads)."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_size: int,
+                 device=None, dtype=torch.float32):
+        shape = (batch_size, n_head, max_len, head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.length = 0  # positions filled so far; the model advances it once all layers have appended
+
+    def append(self, layer: int, k, v):
+        """Store k, v (B, nh, T, hs) after the cached positions; return all keys and values so far."""
+        start, T = self.length, k.shape[2]
+        if start + T > self.k[layer].shape[2]:
+            raise ValueError(f"the KV cache holds {self.k[layer].shape[2]} positions; {start + T} asked for")
+        self.k[layer][:, :, start:start + T] = k
+        self.v[layer][:, :, start:start + T] = v
+        return self.k[layer][:, :, :start + T], self.v[layer][:, :, :start + T]    # (B, nh, start + T, hs)
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with one fused QKV projection (`c_attn`) and an output projection
-    (`c_proj`), named as in GPT-2. `use_sdpa` switches to PyTorch's fused kernel (same maths)."""
+    (`c_proj`), named as in GPT-2. `use_sdpa` switches to PyTorch's fused kernel (same maths).
+    With a KVCache, x holds only the new positions and attends to the cached ones as well."""
 
-    def __init__(self, d_model: int, n_heads: int, bias: bool = True, dropout: float = 0.0, use_sdpa: bool = True):
+    def __init__(self, d_model: int, n_head: int, bias: bool = True, dropout: float = 0.0, use_sdpa: bool = True):
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}: each head gets "
-                             "d_model / n_heads dimensions")
-        self.n_heads, self.head_size = n_heads, d_model // n_heads
+        if d_model % n_head:
+            raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}: each head gets "
+                             "d_model / n_head dimensions")
+        self.n_head, self.head_size = n_head, d_model // n_head
         self.c_attn = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.c_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.dropout = dropout
+        self.dropout = dropout                       # on the attention weights
+        self.resid_dropout = nn.Dropout(dropout)     # on the output, before it joins the residual stream
         self.use_sdpa = use_sdpa
 
-    def forward(self, x: torch.Tensor, mask=None, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask=None, is_causal: bool = False, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape                                                      # (B, T, C)
         q, k, v = self.c_attn(x).split(C, dim=-1)                             # 3 x (B, T, C)
         # Split the width into heads: (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
-        q, k, v = (t.view(B, T, self.n_heads, self.head_size).transpose(1, 2) for t in (q, k, v))
-        if is_causal:
-            mask = combine_masks(causal_mask(T, x.device), mask)
+        q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))
+        start = 0
+        if cache is not None:
+            start = cache.length
+            k, v = cache.append(layer, k, v)                                  # (B, nh, start + T, hs)
         dropout_p = self.dropout if self.training else 0.0
-        attend = F.scaled_dot_product_attention if self.use_sdpa else scaled_dot_product_attention
-        y = attend(q, k, v, mask, dropout_p=dropout_p)                         # (B, nh, T, hs)
+        if is_causal and mask is None and start == 0 and self.use_sdpa:
+            # is_causal lets PyTorch pick its fastest kernel (flash attention on GPUs)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            if is_causal:
+                mask = combine_masks(causal_mask(T, x.device, offset=start), mask)
+            attend = F.scaled_dot_product_attention if self.use_sdpa else scaled_dot_product_attention
+            y = attend(q, k, v, mask, dropout_p=dropout_p)                     # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                      # (B, nh, T, hs) -> (B, T, C)
-        return self.c_proj(y)
+        return self.resid_dropout(self.c_proj(y))

@@ -11,6 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import KVCache, MultiHeadAttention
+from .positions import LearnedPositions
+
 
 @dataclass
 class GPTConfig:
@@ -22,52 +25,6 @@ class GPTConfig:
     dropout: float = 0.0      # on attention weights and residual branches; 0 for pretraining at scale
     bias: bool = True         # biases in Linear layers and LayerNorms, as GPT-2
     layer_norm_epsilon: float = 1e-5
-
-
-class KVCache:
-    """Keys and values of every layer for the positions seen so far, so that each new token costs
-    one position of work instead of re-running the whole prefix. Preallocated: (B, nh, block_size, hs)."""
-
-    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
-        hs = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, config.block_size, hs)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.length = 0  # positions filled so far
-
-    def memory_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        if config.n_embd % config.n_head:
-            raise ValueError(f"n_embd={config.n_embd} is not divisible by n_head={config.n_head}")
-        self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        start = 0
-        if cache is not None:  # append this block's keys and values, attend over everything so far
-            start = cache.length
-            cache.k[layer][:, :, start:start + T] = k
-            cache.v[layer][:, :, start:start + T] = v
-            k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
-        dropout_p = self.dropout if self.training else 0.0
-        if start == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        else:  # query i sits at position start + i and may see keys 0 .. start + i
-            allowed = torch.arange(start + T, device=x.device)[None, :] <= (start + torch.arange(T, device=x.device))[:, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)                                           # (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -83,17 +40,18 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN: normalise the input of each branch, add the branch to the residual stream untouched."""
+    """Pre-LN: normalise the input of each branch, add the branch to the residual stream untouched.
+    The attention is chapter 03's MultiHeadAttention, used causally."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = MultiHeadAttention(config.n_embd, config.n_head, bias=config.bias, dropout=config.dropout)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.attn(self.ln_1(x), is_causal=True, cache=cache, layer=layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -103,7 +61,7 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),   # token embeddings
-            wpe=nn.Embedding(config.block_size, config.n_embd),   # learned positions
+            wpe=LearnedPositions(config.block_size, config.n_embd),  # chapter 02's learned positions
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
@@ -121,7 +79,7 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
+        elif isinstance(module, (nn.Embedding, LearnedPositions)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, ignore_index: int = -100, cache: KVCache | None = None):
@@ -132,8 +90,7 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than the context of {self.config.block_size} "
                              "(block_size): crop the input to the last block_size tokens, or use a longer context")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))    # (B, T, C)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(T, offset=start))  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer)
         if cache is not None:
@@ -194,6 +151,10 @@ class GPT(nn.Module):
         return hf.eval()
 
     # ---- generation -----------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, device=None, dtype=torch.float32) -> KVCache:
+        c = self.config
+        return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, eos_token_id: int | None = None, use_cache: bool = True,
@@ -208,7 +169,7 @@ class GPT(nn.Module):
                              f"{self.config.block_size} tokens: shorten the prompt or generate fewer tokens")
         was_training = self.training
         self.eval()
-        cache = KVCache(self.config, idx.shape[0], idx.device, self.lm_head.weight.dtype) if use_cache else None
+        cache = self.new_cache(idx.shape[0], idx.device, self.lm_head.weight.dtype) if use_cache else None
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         step_input = idx
         for _ in range(max_new_tokens):
