@@ -1,8 +1,12 @@
 """Pretraining blocks: exact resume, schedule, clipping, accumulation, checkpoints, DDP on CPU."""
 
+import json
 import math
 import os
+import shutil
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from llmscratch.gpt import GPT, GPTConfig
+from llmscratch.pretrain import token_files
 from llmscratch.train import (configure_optimizer, get_batch, load_checkpoint, load_tokens, lr_at, save_checkpoint,
                               save_tokens, train_step)
 
@@ -109,6 +114,48 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "ok", model, opt)
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         load_checkpoint(tmp_path / "nothing", model, opt)
+    save_checkpoint(tmp_path / "ok", model, opt, step=3)
+    meta = json.loads((tmp_path / "ok" / "meta.json").read_text())
+    (tmp_path / "ok" / "meta.json").write_text(json.dumps({**meta, "world_size": 2}))
+    with pytest.raises(ValueError, match="saved by 2 processes and this run has 1"):
+        load_checkpoint(tmp_path / "ok", model, opt)
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    model, opt = fresh()
+    save_checkpoint(tmp_path / "ckpt", model, opt, step=10)
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    run(model, opt, tokens(), 2, 10, torch.Generator().manual_seed(0))       # the weights move on
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing state.pt")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "ckpt", model, opt, step=12)
+    monkeypatch.undo()
+    restored, restored_opt = fresh(seed=5)
+    assert load_checkpoint(tmp_path / "ckpt", restored, restored_opt) == 10
+    for n, p in restored.named_parameters():  # step 10's weights with step 10's step, not a mixture
+        assert torch.equal(p, saved[n]), n
+    # the next save succeeds and replaces it
+    save_checkpoint(tmp_path / "ckpt", model, opt, step=12)
+    assert load_checkpoint(tmp_path / "ckpt", restored, restored_opt) == 12
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_checkpoint_saved_on_a_gpu_loads_on_a_cpu(tmp_path, monkeypatch):
+    """Every tensor in state.pt is tagged with the device it was saved from; without map_location a CPU-only
+    machine refuses 'cuda:0'. Tag them as a GPU run would."""
+    model, opt = fresh()
+    run(model, opt, tokens(), 2, 0, torch.Generator().manual_seed(0))        # the optimizer has state
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+    save_checkpoint(tmp_path / "ckpt", model, opt, step=2)
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="CUDA"):  # the files really say cuda:0
+        torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
+    restored, restored_opt = fresh(seed=5)
+    assert load_checkpoint(tmp_path / "ckpt", restored, restored_opt) == 2
+    assert restored_opt.state_dict()["state"][0]["exp_avg"].device.type == "cpu"
 
 
 def test_nan_loss_stops_training():
@@ -116,8 +163,29 @@ def test_nan_loss_stops_training():
     x, y = get_batch(tokens(), 2, CONFIG.block_size, torch.Generator().manual_seed(4))
     with torch.no_grad():
         model.transformer.wte.weight[0, 0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(FloatingPointError, match="loss became nan"):
-        train_step(model, opt, [(x, y)])
+        train_step(model, opt, [(x, y), (x, y)])
+    assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(before, model.parameters()))  # no step
+
+
+def test_one_host_sync_per_step_whatever_the_accumulation(monkeypatch):
+    """Reading a GPU tensor on the host (.item(), bool(), .tolist()) waits for the GPU: once per step, not per
+    micro-batch."""
+    data = tokens()
+    counts = []
+    for k in (1, 4):
+        model, opt = fresh()
+        micro = [get_batch(data, 2, CONFIG.block_size, torch.Generator().manual_seed(i)) for i in range(k)]
+        syncs = []
+        for name in ("item", "tolist", "__bool__"):
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name: syncs.append(_n) or _o(self, *a))
+        train_step(model, opt, micro)
+        monkeypatch.undo()
+        counts.append(len(syncs))
+    # (AdamW reads its CPU step counters too, once per parameter: those cost nothing)
+    assert counts[0] == counts[1], f"host reads per step with 1 and 4 micro-batches: {counts}"
 
 
 def _ddp_worker(rank, world, port, x, y, out):
@@ -125,16 +193,27 @@ def _ddp_worker(rank, world, port, x, y, out):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(GPT(CONFIG))
+    all_reduces = []
+
+    def counting_hook(state, bucket):  # DDP's own all-reduce, counted
+        all_reduces.append(1)
+        return dist.all_reduce(bucket.buffer().div_(world), async_op=True).get_future().then(lambda f: f.value()[0])
+    model.register_comm_hook(None, counting_hook)
     half = x.shape[0] // world
-    _, loss = model(x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half])
-    loss.backward()  # DDP averages the gradients of the two halves across processes
+    mine = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # measure the gradients, don't move
+    train_step(model, opt, [mine], grad_clip=None)
+    per_step = len(all_reduces)                        # one all-reduce per gradient bucket
+    all_reduces.clear()
+    micro = [(mine[0][i:i + 1], mine[1][i:i + 1]) for i in range(half)]  # accumulation: one sequence each
+    train_step(model, opt, micro, grad_clip=None)      # DDP averages the gradients of the two halves
     if rank == 0:
-        out.put({n: p.grad.numpy().copy() for n, p in model.module.named_parameters()})  # by value
+        out.put(({n: p.grad.numpy().copy() for n, p in model.module.named_parameters()}, len(all_reduces), per_step))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_two_process_ddp_gives_the_single_process_gradients():
+def test_two_process_ddp_with_accumulation_gives_the_single_process_gradients():
     x, y = get_batch(tokens(), 8, CONFIG.block_size, torch.Generator().manual_seed(5))
     torch.manual_seed(0)
     single = GPT(CONFIG)
@@ -147,31 +226,55 @@ def test_two_process_ddp_gives_the_single_process_gradients():
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, x, y, out)) for r in range(2)]
     for p in procs:
         p.start()
-    grads = out.get(timeout=120)
+    grads, all_reduces, per_step = out.get(timeout=120)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
     for n, p in single.named_parameters():
         assert torch.allclose(torch.from_numpy(grads[n]), p.grad, atol=1e-6), n
+    # 4 micro-batches per process, but gradients cross the wire once per step (no_sync on the first 3)
+    assert all_reduces == per_step, f"{all_reduces} all-reduces in a step of 4 micro-batches, {per_step} in one of 1"
 
 
-def test_command_line_pretraining_resumes_exactly(tmp_path):
-    """python -m llmscratch.pretrain: 20 steps straight equal 10 steps, a stop, and a resume."""
-    import json
-    import subprocess
-    import sys
+def cli(out, *extra, processes=1, tokens_from=None):
+    """python -m llmscratch.pretrain --preset tiny, or under torchrun with several processes (gloo on CPU)."""
+    if tokens_from is not None and not out.exists():  # reuse the tokenized text: tokenizing is the slow part
+        out.mkdir(parents=True)
+        for folder in tokens_from.glob("tokens-*"):
+            shutil.copytree(folder, out / folder.name)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = (launcher if processes > 1 else [sys.executable]) + ["-m", "llmscratch.pretrain", "--preset", "tiny",
+                                                                   "--out", str(out), *extra]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
-    def cli(out, *extra):
-        subprocess.run([sys.executable, "-m", "llmscratch.pretrain", "--preset", "tiny", "--out", str(out), *extra],
-                       check=True, capture_output=True, text=True)
-        return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
-    straight = cli(tmp_path / "a")
-    cli(tmp_path / "b", "--stop-after", "10")
-    resumed = cli(tmp_path / "b", "--resume")
+@pytest.mark.parametrize("processes", [1, 2])
+def test_command_line_pretraining_resumes_exactly(tmp_path, processes):
+    """python -m llmscratch.pretrain: 20 steps straight equal 10 steps, a stop, and a resume. With 2 processes
+    each resumes its own stream of windows: were they to share one, the averaged gradients would differ."""
+    straight = cli(tmp_path / "a", processes=processes)
+    cli(tmp_path / "b", "--stop-after", "10", processes=processes, tokens_from=tmp_path / "a")
+    with (tmp_path / "b" / "log.jsonl").open("a") as log:  # a crash after the checkpoint: steps 10, 11 logged
+        log.write("".join(json.dumps({"step": s, "loss": 0.0}) + "\n" for s in (10, 11)))
+    resumed = cli(tmp_path / "b", "--resume", processes=processes)
     assert [s["step"] for s in resumed] == list(range(20))
     assert [s["loss"] for s in resumed] == [s["loss"] for s in straight]
     assert resumed[-1]["val_loss"] < math.log(512)  # it learned something: below a uniform guess
     evals = [s for s in resumed if "val_loss" in s]
     assert [s["step"] + 1 for s in evals] == [10, 20] and all(s["sample"].startswith('The "for"') for s in evals)
     assert (tmp_path / "b" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the whole run's curves
+    if processes == 1:  # a new run in the same folder starts a new log
+        assert [s["step"] for s in cli(tmp_path / "b", "--steps", "5")] == list(range(5))
+
+
+def test_token_files_are_keyed_by_tokenizer_and_text(tmp_path):
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    small = token_files(tmp_path, text, vocab_size=270)
+    large = token_files(tmp_path, text, vocab_size=290)
+    other = token_files(tmp_path, text + "A different text.", vocab_size=270)
+    assert len({small, large, other}) == 3
+    stamp = (small / "train.bin").stat().st_mtime_ns
+    assert token_files(tmp_path, text, vocab_size=270) == small and (small / "train.bin").stat().st_mtime_ns == stamp
+    assert json.loads((small / "tokenizer.json").read_text()) != json.loads((large / "tokenizer.json").read_text())

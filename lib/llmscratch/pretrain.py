@@ -1,15 +1,17 @@
 """Pretrain a GPT from the command line, on a laptop CPU or on GPUs:
 
-    python -m llmscratch.pretrain --preset cpu                       # minutes on a CPU
-    python -m llmscratch.pretrain --preset gpu --compile             # one GPU, bf16
-    torchrun --nproc_per_node 8 -m llmscratch.pretrain --preset gpu  # several GPUs (DDP, NCCL)
-    python -m llmscratch.pretrain --preset cpu --resume              # continue from out/ckpt
+    python -m llmscratch.pretrain --preset cpu                              # minutes on a CPU
+    python -m llmscratch.pretrain --preset gpu --compile                    # one GPU, bf16
+    torchrun --nproc_per_node 8 -m llmscratch.pretrain --preset gpt2-small  # several GPUs (DDP, NCCL)
+    python -m llmscratch.pretrain --preset cpu --resume                     # continue from out/ckpt
 
-Data: the Python language reference, tokenized once with the course's byte-level BPE and stored as a
-memory-mapped token file in the output folder.
+Data: the Python language reference, tokenized once with the course's byte-level BPE and stored as
+memory-mapped token files in the output folder, in a subfolder named after the tokenizer and the text
+(another preset's vocabulary gets its own). The presets are chapter 05's.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -26,13 +28,17 @@ from .train import (configure_optimizer, evaluate, get_batch, load_checkpoint, l
                     save_checkpoint, save_tokens, train_step)
 
 PRESETS = {
-    # name: model, tokenizer and optimisation settings
-    "tiny": dict(vocab_size=512, n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, accum=1,
-                 steps=20, warmup=5, lr=3e-3, eval_every=10, eval_batches=2),               # tests
+    # name: model, tokenizer and optimisation settings. Chapter 05 uses quick (CI and autograding), cpu and gpu.
+    "tiny": dict(vocab_size=512, n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, accum=1, steps=20,
+                 warmup=5, lr=3e-3, dropout=0.0, eval_every=10, eval_batches=2),           # tests: seconds
+    "quick": dict(vocab_size=512, n_layer=2, n_head=4, n_embd=128, block_size=128, batch_size=16, accum=1,
+                  steps=150, warmup=15, lr=3e-3, dropout=0.0, eval_every=50, eval_batches=10),  # validates notebooks
     "cpu": dict(vocab_size=512, n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, accum=1,
-                steps=800, warmup=50, lr=2e-3, eval_every=100, eval_batches=10),           # chapter 05's cpu preset
-    "gpu": dict(vocab_size=8192, n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, accum=4,
-                steps=3000, warmup=200, lr=6e-4, eval_every=250, eval_batches=20),         # GPT-2 small size
+                steps=800, warmup=50, lr=2e-3, dropout=0.0, eval_every=100, eval_batches=10),   # ~2 min on 2 cores
+    "gpu": dict(vocab_size=2048, n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, accum=1,
+                steps=3000, warmup=100, lr=1e-3, dropout=0.2, eval_every=250, eval_batches=20),  # minutes on a GPU
+    "gpt2-small": dict(vocab_size=8192, n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, accum=4,
+                       steps=3000, warmup=200, lr=6e-4, dropout=0.0, eval_every=250, eval_batches=20),  # MFU runs
 }
 
 # Dense bf16 tensor-core peaks in FLOP/s, from the vendors' data sheets (without sparsity).
@@ -80,6 +86,44 @@ def plot_log(log_file: Path, png: Path, title: str) -> None:
     plt.close(ax.figure)
 
 
+def token_files(out: Path, text: str, vocab_size: int, special_tokens=("<|endoftext|>",),
+                val_fraction: float = 0.1) -> Path:
+    """Tokenize `text` once and store train.bin, val.bin and tokenizer.json in a folder of `out` named
+    after what they depend on (vocabulary size, special tokens, the text itself), so that a run with
+    another tokenizer or text never reads these ids. Returns that folder."""
+    key = hashlib.sha256(json.dumps([vocab_size, list(special_tokens), val_fraction]).encode() + text.encode())
+    folder = out / f"tokens-v{vocab_size}-{key.hexdigest()[:12]}"
+    if not (folder / "tokenizer.json").exists():
+        partial = folder.with_name(folder.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        tokenizer = BPETokenizer.train(text, vocab_size, special_tokens=list(special_tokens))
+        train_ids, val_ids = train_val_split(tokenizer.encode(text), val_fraction)
+        save_tokens(train_ids, partial / "train.bin")
+        save_tokens(val_ids, partial / "val.bin")
+        tokenizer.save(partial / "tokenizer.json")
+        partial.rename(folder)  # complete or absent: an interrupted run tokenizes again
+    return folder
+
+
+class JsonLog:
+    """log.jsonl, one record per line, written as it happens (a crash loses nothing logged). A new run
+    starts a new log; a resumed one keeps the records before the step it resumes at."""
+
+    def __init__(self, path: Path, resume_step: int = 0):
+        self.path = path
+        kept = []
+        if resume_step and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+        self.file = path.open("a", buffering=1)  # line-buffered: each record reaches the file at once
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=PRESETS, default="cpu")
@@ -110,25 +154,23 @@ def main(argv=None):
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     args.out.mkdir(parents=True, exist_ok=True)
-    train_file, val_file = args.out / "train.bin", args.out / "val.bin"
-    if master and not train_file.exists():  # tokenize once
-        text = python_reference_text()
-        tokenizer = BPETokenizer.train(text, p["vocab_size"], special_tokens=["<|endoftext|>"])
-        tokenizer.save(args.out / "tokenizer.json")
-        train_ids, val_ids = train_val_split(tokenizer.encode(text), 0.1)
-        save_tokens(train_ids, train_file)
-        save_tokens(val_ids, val_file)
+    data_dir = None
+    if master:  # tokenize once; the others wait, then read the same files
+        data_dir = token_files(args.out, python_reference_text(), p["vocab_size"])
     if ddp:
-        dist.barrier()
-    tokenizer = BPETokenizer.load(args.out / "tokenizer.json")
-    train_data, val_data = load_tokens(train_file), load_tokens(val_file)
+        shared = [data_dir]
+        dist.broadcast_object_list(shared, src=0)
+        data_dir = shared[0]
+    tokenizer = BPETokenizer.load(data_dir / "tokenizer.json")
+    train_data, val_data = load_tokens(data_dir / "train.bin"), load_tokens(data_dir / "val.bin")
 
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=p["block_size"], n_layer=p["n_layer"],
-                       n_head=p["n_head"], n_embd=p["n_embd"])
+                       n_head=p["n_head"], n_embd=p["n_embd"], dropout=p["dropout"])
     torch.manual_seed(args.seed)
     model = GPT(config).to(device)
     optimizer = configure_optimizer(model, lr=p["lr"])
     generator = torch.Generator().manual_seed(args.seed + rank)  # each process draws its own windows
+    torch.manual_seed(args.seed + 1 + rank)  # dropout: each process its own stream (a resume restores it)
     start = load_checkpoint(args.out / "ckpt", model, optimizer, generator) if args.resume else 0
     n_params = model.parameter_counts()["total"]
     eval_generator = torch.Generator().manual_seed(0)  # the same validation windows every time
@@ -140,10 +182,11 @@ def main(argv=None):
 
     tokens_per_step = p["batch_size"] * p["accum"] * config.block_size * world
     peak = peak_flops(device)
-    log = []
-    bar = None
+    log = bar = None
     if master:
         from tqdm.auto import tqdm
+        log = JsonLog(args.out / "log.jsonl", resume_step=start)
+        (args.out / "config.json").write_text(json.dumps({"preset": args.preset, **asdict(config)}, indent=1))
         bar = tqdm(total=p["steps"] - start, desc=f"pretraining ({args.preset}, {n_params / 1e6:.1f}M parameters)")
     stop = min(p["steps"], args.stop_after or p["steps"])
     for step in range(start, stop):
@@ -154,29 +197,30 @@ def main(argv=None):
         stats = train_step(train_model, optimizer, micro, grad_clip=1.0,
                            autocast_dtype=torch.bfloat16 if use_bf16 else None)
         if device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize()  # GPU work is asynchronous: wait for the step before reading the clock
         dt = time.perf_counter() - t0
         stats.update(step=step, tokens_per_s=tokens_per_step / dt)
         if peak:
             stats["mfu"] = flops_per_token(config, n_params) * tokens_per_step / dt / (peak * world)
-        if master and ((step + 1) % p["eval_every"] == 0 or step + 1 == stop):
-            stats.update({f"val_{k}": v for k, v in evaluate(model, val_batches).items()})
-            stats["sample"] = sample(model, tokenizer, SAMPLE_PROMPT, device)
-            bar.write(f"step {step + 1}: validation loss {stats['val_loss']:.3f} | {stats['sample']!r}")
-            save_checkpoint(args.out / "ckpt", model, optimizer, step + 1, generator)
+        if (step + 1) % p["eval_every"] == 0 or step + 1 == stop:
+            if master:
+                stats.update({f"val_{k}": v for k, v in evaluate(model, val_batches).items()})
+                stats["sample"] = sample(model, tokenizer, SAMPLE_PROMPT, device)
+                bar.write(f"step {step + 1}: validation loss {stats['val_loss']:.3f} | {stats['sample']!r}")
+            save_checkpoint(args.out / "ckpt", model, optimizer, step + 1, generator)  # every process: its RNG
         if master:
-            log.append(stats)
+            log.write(stats)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{stats['tokens_per_s']:.0f}",
                             **({"mfu": f"{stats['mfu']:.1%}"} if "mfu" in stats else {}))
     if master:
         bar.close()
-        (args.out / "log.jsonl").open("a").write("".join(json.dumps(s) + "\n" for s in log))
-        (args.out / "config.json").write_text(json.dumps({"preset": args.preset, **asdict(config)}, indent=1))
-        final = [s for s in log if "val_loss" in s]
+        log.close()
+        records = [json.loads(line) for line in (args.out / "log.jsonl").read_text().splitlines()]
+        final = [s for s in records if "val_loss" in s]
         if final:
             print(f"step {final[-1]['step'] + 1}: validation loss {final[-1]['val_loss']:.3f} "
-                  f"(perplexity {final[-1]['val_perplexity']:.1f}), {log[-1]['tokens_per_s']:.0f} tokens/s")
+                  f"(perplexity {final[-1]['val_perplexity']:.1f}), {records[-1]['tokens_per_s']:.0f} tokens/s")
         plot_log(args.out / "log.jsonl", args.out / "loss.png", title=f"pretraining, preset {args.preset}")
         print(f"loss curves: {args.out / 'loss.png'}")
     if ddp:

@@ -2,19 +2,25 @@
 warmup + cosine schedule, a training step with accumulation and clipping, evaluation, and
 checkpoints that resume exactly.
 
-Checkpoint layout (a folder): model.safetensors (weights), state.pt (optimizer state, step, RNG
-states; loaded with weights_only=True), meta.json (config and format version).
+Checkpoint layout (a folder): model.safetensors (weights), state.pt (optimizer state, step, and the
+RNG states of every process: CPU, CUDA and batch generator; loaded with weights_only=True), meta.json
+(config and format version). A checkpoint is written beside the old one and swapped in whole, so a
+crash during a save leaves the previous checkpoint intact.
 """
 
+import contextlib
 import json
 import math
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -77,19 +83,24 @@ def train_step(model, optimizer, micro_batches, grad_clip: float | None = 1.0, a
     A NaN or inf loss is an error, never a silent step."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    total = 0.0
     device_type = next(model.parameters()).device.type
-    for x, y in micro_batches:
-        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            _, loss = model(x, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()}: lower the learning rate, check the data, "
-                                     "or resume from the last checkpoint")
-        (loss / len(micro_batches)).backward()
-        total += loss.item()
+    total = torch.zeros((), device=next(model.parameters()).device)
+    for i, (x, y) in enumerate(micro_batches):
+        # DDP all-reduces the gradients in every backward(); only the last micro-batch's is needed
+        last = i == len(micro_batches) - 1
+        sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
+        with sync:
+            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                _, loss = model(x, y)
+            (loss / len(micro_batches)).backward()
+        total += loss.detach()  # stays on the device: reading it every micro-batch would stall a GPU
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip else float("inf"))
+    loss, norm = torch.stack([total / len(micro_batches), norm.float()]).tolist()  # one host sync per step
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"the loss became {loss}: lower the learning rate, check the data, "
+                                 "or resume from the last checkpoint")
     optimizer.step()
-    return {"loss": total / len(micro_batches), "grad_norm": norm.item()}
+    return {"loss": loss, "grad_norm": norm}
 
 
 @torch.no_grad()
@@ -104,26 +115,58 @@ def evaluate(model, batches) -> dict:
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
+def _rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def _rng_states(generator: torch.Generator | None) -> dict:
+    """Everything random that the next step depends on, in this process."""
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state() if generator is not None else None}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()  # dropout on a GPU draws from these
+    return state
+
+
 def save_checkpoint(folder, model, optimizer, step: int, generator: torch.Generator | None = None) -> Path:
+    """Save model, optimizer, step and RNG states. Under DDP every process must call it (each sends
+    its own RNG states); process 0 writes."""
     from safetensors.torch import save_model
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_model(model, folder / "model.safetensors")  # handles the tied wte / lm_head weights
-    state = {"optimizer": optimizer.state_dict(), "step": step, "torch_rng": torch.get_rng_state(),
-             "generator": generator.get_state() if generator is not None else None}
-    torch.save(state, folder / "state.pt")
-    meta = {"version": CHECKPOINT_VERSION, "config": asdict(model.config) if hasattr(model, "config") else None}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    rank, world = _rank_world()
+    rng = [_rng_states(generator)]
+    if world > 1:
+        rng = [None] * world
+        dist.all_gather_object(rng, _rng_states(generator))
+    if rank == 0:
+        partial, old = folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".old")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        save_model(model, partial / "model.safetensors")  # handles the tied wte / lm_head weights
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng}, partial / "state.pt")
+        meta = {"version": CHECKPOINT_VERSION, "step": step, "world_size": world,
+                "config": asdict(model.config) if hasattr(model, "config") else None}
+        (partial / "meta.json").write_text(json.dumps(meta, indent=1))
+        if folder.exists():  # swap: only complete checkpoints ever carry the name `folder`
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+        partial.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    if world > 1:
+        dist.barrier()
     return folder
 
 
 def load_checkpoint(folder, model, optimizer, generator: torch.Generator | None = None) -> int:
-    """Restore model, optimizer and RNG states saved by save_checkpoint; returns the step to resume at."""
+    """Restore model, optimizer and RNG states saved by save_checkpoint; returns the step to resume at.
+    Loads on any device (a GPU checkpoint on a CPU machine too). Under DDP each process takes its own RNG."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     folder = Path(folder)
+    old = folder.with_name(folder.name + ".old")
+    if not folder.exists() and old.exists():
+        folder = old  # a save was interrupted between its two renames: the previous checkpoint is complete
     missing = [f for f in ("model.safetensors", "state.pt", "meta.json") if not (folder / f).exists()]
     if missing:
         raise FileNotFoundError(f"{folder} is not a complete checkpoint: missing {', '.join(missing)}")
@@ -133,13 +176,22 @@ def load_checkpoint(folder, model, optimizer, generator: torch.Generator | None 
     if hasattr(model, "config") and meta.get("config") not in (None, asdict(model.config)):
         raise ValueError(f"the checkpoint in {folder} was saved from a different model config:\n"
                          f"  saved: {meta['config']}\n  model: {asdict(model.config)}")
+    rank, world = _rank_world()
+    if meta["world_size"] != world:
+        raise ValueError(f"the checkpoint in {folder} was saved by {meta['world_size']} processes and this run has "
+                         f"{world}: each process resumes its own random stream, so resume with "
+                         f"{meta['world_size']} processes (or start a new run from its weights)")
+    device = next(model.parameters()).device
     try:
-        load_model(model, folder / "model.safetensors")
-        state = torch.load(folder / "state.pt", weights_only=True)
+        load_model(model, folder / "model.safetensors", device=str(device))
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, OSError, EOFError) as err:  # truncated or corrupt files
         raise ValueError(f"the checkpoint in {folder} is corrupt or incomplete ({err}); use an earlier one") from err
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    if generator is not None and state["generator"] is not None:
-        generator.set_state(state["generator"])
+    optimizer.load_state_dict(state["optimizer"])  # moves the state to the parameters' device
+    rng = state["rng"][rank]
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if generator is not None and rng["generator"] is not None:
+        generator.set_state(rng["generator"])
     return state["step"]
