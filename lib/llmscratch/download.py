@@ -8,6 +8,7 @@ import hashlib
 import os
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -35,12 +36,20 @@ def download(url: str, sha256: str, filename: str | None = None, cache: Path | N
              timeout: float = 30.0) -> Path:
     """Return the path of the cached file for `url`, downloading it first if needed.
 
-    The file is written under a temporary name and moved into place only once its SHA-256 matches,
-    so an interrupted or tampered download never poisons the cache.
+    It is saved in the cache folder as `filename`, by default the last part of the URL's path; either
+    must be a plain file name. The file is written under a temporary name and moved into place only
+    once its SHA-256 matches, so an interrupted or tampered download never poisons the cache.
     """
     sha256 = sha256.lower()
     folder = Path(cache) if cache is not None else cache_dir()
-    target = folder / (filename or url.rstrip("/").rsplit("/", 1)[-1])
+    name = filename or urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+    # A name with a folder in it ("../x", "/tmp/x") would read, replace or delete a file outside the cache.
+    if name in ("", ".", "..") or Path(name).name != name:
+        what = (f"filename {name!r} is not a plain file name" if filename
+                else f"the URL {url} does not end in a file name")
+        raise ValueError(f"{what}, so the file would not be saved inside the cache folder {folder}: "
+                         "pass filename= a name without folders, e.g. filename='data.txt'")
+    target = folder / name
     if target.exists():
         if sha256_of(target) == sha256:
             return target

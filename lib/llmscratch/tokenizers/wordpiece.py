@@ -27,10 +27,17 @@ def is_whitespace(ch: str) -> bool:
     return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
 
 
+# Hugging Face finds Cc, Cf and Co characters with the `unicode_categories` crate, whose tables stop at
+# Unicode 8: it keeps the format (Cf) characters added since, so we do too (U+13439 on: Unicode 15).
+NEWER_FORMAT_CHARS = frozenset(map(chr, [0x0890, 0x0891, 0x08E2, 0x110CD, *range(0x13430, 0x13440)]))
+
+
 def is_control(ch: str) -> bool:
-    if ch in "\t\n\r":
+    """Characters BERT's clean-up drops: control (Cc), format (Cf) and private-use (Co) ones, as
+    in Hugging Face. Unassigned code points (Cn) are kept, and tab, newline, return are whitespace."""
+    if ch in "\t\n\r" or ch in NEWER_FORMAT_CHARS:
         return False
-    return unicodedata.category(ch) in ("Cc", "Cf")
+    return unicodedata.category(ch) in ("Cc", "Cf", "Co")
 
 
 def basic_tokenize(text: str, lowercase: bool = True) -> list[str]:
