@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from llmscratch import env
-from llmscratch.env import available_cpus, choose_preset, configure_threads, get_device, machine_busy, seed_everything
+from llmscratch.env import (available_cpus, busy_cpus, choose_preset, configure_threads, get_device, is_quick_run,
+                            machine_busy, seed_everything)
 
 
 def test_seed_everything_repeats_python_numpy_and_torch():
@@ -63,6 +64,12 @@ def test_quick_runs_always_take_the_smallest_preset(clean_env, variable):
     assert choose_preset("cuda", presets={"tiny": {}, "cpu": {}, "gpu": {}}) == "tiny"
 
 
+@pytest.mark.parametrize("value", ["false", "False", "0", "no", "off", ""])
+def test_ci_false_is_not_ci(clean_env, value):
+    clean_env.setenv("CI", value)
+    assert not is_quick_run() and choose_preset("cpu", presets=("quick", "cpu")) == "cpu"
+
+
 @pytest.fixture
 def eight_cpus(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
@@ -100,6 +107,7 @@ def threads(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     monkeypatch.setattr(env, "available_cpus", lambda: 3)
+    monkeypatch.setattr(env, "busy_cpus", lambda: 0.0)
     for name in ("LLMSCRATCH_THREADS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch, calls
@@ -108,6 +116,32 @@ def threads(monkeypatch):
 def test_configure_threads_uses_the_available_cpus(threads):
     _, calls = threads
     assert configure_threads() == 3 and calls == [3]
+
+
+def test_configure_threads_leaves_the_cpus_other_processes_keep_busy(threads):
+    monkeypatch, calls = threads
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(env, "busy_cpus", lambda: 2.2)   # two of four cores taken: one thread on the third
+    assert configure_threads() == 2
+    monkeypatch.setattr(env, "busy_cpus", lambda: 3.9)   # all taken: still one thread
+    assert configure_threads() == 1
+    monkeypatch.setattr(env, "busy_cpus", lambda: None)  # no counters (macOS, Windows): the available CPUs
+    assert configure_threads() == 3
+    assert calls == [2, 1, 3]
+
+
+def test_busy_cpus_reads_the_kernel_counters(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal: 100 jiffies pass, 25 of them idle
+    samples = iter(["cpu  100 0 0 100 0 0 0 0\ncpu0 ...", "cpu  170 0 5 125 0 0 0 0\ncpu0 ..."])
+    monkeypatch.setattr(env.time, "sleep", lambda s: stat.write_text(next(samples)))
+    stat.write_text(next(samples))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert busy_cpus(stat=stat) == pytest.approx(1.5)       # 75% of 2 CPUs
+    assert busy_cpus(stat=tmp_path / "missing") is None
+    monkeypatch.undo()
+    real = busy_cpus(interval=0.05)
+    assert real is None or 0.0 <= real <= os.cpu_count()
 
 
 def test_configure_threads_respects_omp_num_threads(threads):
@@ -144,11 +178,15 @@ def test_configure_threads_really_sets_torch():
         torch.set_num_threads(original)
 
 
-def test_machine_busy_compares_the_load_with_the_available_cpus(monkeypatch):
+def test_machine_busy_from_other_processes_or_the_load_average(monkeypatch):
+    monkeypatch.setattr(env, "busy_cpus", lambda: 1.2)
+    assert machine_busy() and not machine_busy(threshold=1.5)
+    monkeypatch.setattr(env, "busy_cpus", lambda: 0.1)
+    assert not machine_busy()
+    monkeypatch.setattr(env, "busy_cpus", lambda: None)  # no CPU counters: the load average
     monkeypatch.setattr(env, "available_cpus", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (2.9, 0.5, 0.5), raising=False)
     assert machine_busy()
-    assert not machine_busy(threshold=1.5)
     monkeypatch.setattr(os, "getloadavg", lambda: (1.8, 4.0, 4.0), raising=False)
     assert not machine_busy()
     monkeypatch.delattr(os, "getloadavg", raising=False)  # Windows has no load average
