@@ -1,7 +1,7 @@
 """Offline corpora that ship with installed packages, and a train/validation split.
 
 Nothing here touches the network: the Python language reference comes with CPython itself and
-the dialogues with the `chatterbot-corpus` package (COURSE.md, "Data and models").
+the dialogues with the `chatterbot-corpus` package (see "Data and models" in README.md).
 """
 
 from dataclasses import dataclass

@@ -1,6 +1,6 @@
 """The course's one download helper: fetch once, check a SHA-256, cache, fail clearly offline.
 
-Optional data only: the default path of every notebook is offline (COURSE.md). Tests point this
+Optional data only: the default path of every notebook is offline (CONTRIBUTING.md). Tests point this
 at a local HTTP server on 127.0.0.1.
 """
 
