@@ -2,6 +2,7 @@
 reject the typical mistakes with a message that says why. The answers live in cases_chNN.py."""
 
 import pytest
+import torch
 
 import cases_ch00
 import cases_ch01
@@ -22,6 +23,14 @@ def name_of(run_check):
 def test_correct_answers_pass(run_check, answer, capsys):
     run_check(answer)
     assert capsys.readouterr().out.startswith(f"ok: {run_check.__name__}")
+
+
+@pytest.mark.parametrize("run_check, answer", CORRECT, ids=[name_of(c) for c, _ in CORRECT])
+def test_checks_leave_the_global_rng_alone(run_check, answer, capsys):
+    torch.manual_seed(1234)  # a notebook's seed_everything: what follows the check must not depend on it
+    before = torch.random.get_rng_state()
+    run_check(answer)
+    assert torch.equal(torch.random.get_rng_state(), before), "the check changed the global RNG state"
 
 
 @pytest.mark.parametrize("run_check", [c for c, _ in CORRECT], ids=[name_of(c) for c, _ in CORRECT])

@@ -32,6 +32,9 @@ class LearnedPositions(nn.Module):
         self.weight = nn.Parameter(torch.randn(max_positions, d) * 0.02)
 
     def forward(self, T: int, offset: int = 0) -> torch.Tensor:
+        if not isinstance(T, int):
+            raise TypeError(f"call it with the sequence length T (an int), e.g. wpe(T) for positions 0 .. T-1; got "
+                            f"{type(T).__name__} (unlike nn.Embedding, it takes no tensor of positions)")
         if offset + T > self.max_positions:
             raise ValueError(f"positions {offset}..{offset + T - 1} asked for, but only {self.max_positions} "
                              "were learned: shorten the sequence or train with a longer context")

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..gpt import GPT, GPTConfig
-from .core import CheckFailed, exercise, expect, expect_tensor
+from .core import CheckFailed, exercise, expect, expect_tensor, seeded
 
 TINY = GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
@@ -31,7 +31,8 @@ def get_batch(fn):
     B, T = 64, 16
     x, y = _draw(fn, tokens, B, T, torch.Generator().manual_seed(0))
     for name, t in (("x", x), ("y", y)):
-        expect(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        expect(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}"
+               + (": convert the numpy windows with torch.from_numpy(...)" if isinstance(t, np.ndarray) else ""))
         expect(tuple(t.shape) == (B, T), f"{name} must have shape (batch_size, block_size) = {(B, T)}, "
                                          f"got {tuple(t.shape)}")
         expect(t.dtype == torch.long, f"{name} has dtype {t.dtype}; embeddings and cross_entropy need int64 "
@@ -47,10 +48,10 @@ def get_batch(fn):
     expect(len(set(starts.tolist())) > B // 2, f"only {len(set(starts.tolist()))} different windows among {B}: "
                                                "draw one random start per row")
 
-    torch.manual_seed(1)
-    first = _draw(fn, tokens, B, T, torch.Generator().manual_seed(7))[0]
-    torch.manual_seed(2)
-    second = _draw(fn, tokens, B, T, torch.Generator().manual_seed(7))[0]
+    with seeded(1):  # a different global seed each time: an answer that ignores the generator shows
+        first = _draw(fn, tokens, B, T, torch.Generator().manual_seed(7))[0]
+    with seeded(2):
+        second = _draw(fn, tokens, B, T, torch.Generator().manual_seed(7))[0]
     expect(torch.equal(first, second), "the same seeded generator must give the same batch: draw the starts "
                                        "with torch.randint(..., generator=generator)")
 
@@ -90,6 +91,11 @@ def _diagnose_schedule(fn, max_lr, warmup, total, min_lr):
     if math.isclose(got[0], 0.0, abs_tol=1e-12):
         return ("the rate at step 0 is 0: that step is wasted. Warm up as max_lr * (step + 1) / warmup_steps, "
                 "so that step warmup_steps - 1 reaches max_lr")
+    above = [s for s, v in enumerate(got) if v > max_lr * (1 + 1e-6)]
+    if above:
+        return (f"the rate rises above max_lr at step {above[0]} ({got[above[0]]:.6g}): the warmup covers steps "
+                "0 .. warmup_steps - 1 (step < warmup_steps) and reaches max_lr at its last step; the cosine "
+                "starts at max_lr at step warmup_steps")
     cosine_from_zero = [max_lr * (s + 1) / warmup if s < warmup else
                         min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * min(s, total) / total))
                         for s in range(total + 30)]
@@ -127,8 +133,8 @@ def lr_at(fn):
 
 # ---- train_step -----------------------------------------------------------------------------------
 def _model(seed=0, config=TINY):
-    torch.manual_seed(seed)
-    return GPT(config)
+    with seeded(seed):
+        return GPT(config)
 
 
 def _batches(seed, k, size=2, config=TINY):
@@ -176,11 +182,15 @@ def train_step(fn):
             lambda opt, args, kwargs: stepped.append([None if p.grad is None else p.grad.clone() for p in ours.parameters()]))
         modes = []
         ours.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+        accumulated = set()  # the parameters backward() gave a gradient, whatever zero_grad does to it later
+        for name, p in ours.named_parameters():
+            p.register_post_accumulate_grad_hook(lambda p, name=name: accumulated.add(name))
         for step in range(2):  # two steps in a row: gradients must not carry over
             ours.eval()       # as evaluate() may have left it
             micro = _batches(10 * step + 1, k)
             stepped.clear()
             modes.clear()
+            accumulated.clear()
             stats = fn(ours, opt_ours, micro, grad_clip)
             expected = _reference_step(ref, opt_ref, micro, grad_clip)
             what = f"step {step + 1} with {k} micro-batches and grad_clip={grad_clip}"
@@ -204,6 +214,11 @@ def train_step(fn):
                                   "Call optimizer.zero_grad() at the start of each step")
             used = stepped[0]
             names = [n for n, _ in ours.named_parameters()]
+            erased = [n for n, g in zip(names, used) if n in accumulated and (g is None or not g.any())]
+            if erased and len(erased) == len(accumulated):
+                raise CheckFailed(f"{what}: backward() ran, but the gradients were gone (None or zero) when "
+                                  "optimizer.step() ran: zero_grad() ran after backward(): it erased the gradients; "
+                                  "call it at the start of the step, before the micro-batches")
             missing = [n for n, g in zip(names, used) if g is None]
             if missing:
                 raise CheckFailed(f"{what}: {missing[0]} had no gradient when optimizer.step() ran: call backward() "
@@ -270,6 +285,9 @@ def evaluate(fn):
             ppl = _number(result, "perplexity", "perplexity", "evaluate")
             if math.isclose(loss, losses[0], rel_tol=1e-6) and not math.isclose(loss, expected, rel_tol=1e-4):
                 raise CheckFailed("the loss is that of the first batch only: average over all batches")
+            if math.isclose(loss, sum(losses), rel_tol=1e-5):
+                raise CheckFailed(f"the loss is {loss:.6f}, the sum of the batch losses: divide by the number of "
+                                  f"batches, the mean is {expected:.6f}")
             expect(math.isclose(loss, expected, rel_tol=1e-5),
                    f"the loss is {loss:.6f}, expected the mean over the batches {expected:.6f}")
             mean_of_perplexities = sum(math.exp(v) for v in losses) / len(losses)

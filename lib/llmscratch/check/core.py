@@ -1,5 +1,6 @@
 """The machinery shared by every chapter's checks."""
 
+import contextlib
 import functools
 
 import torch
@@ -15,7 +16,8 @@ def exercise(title: str):
         @functools.wraps(check_fn)
         def run(*args, **kwargs):
             try:
-                summary = check_fn(*args, **kwargs)
+                with torch.random.fork_rng(devices=[]):  # the notebook's random stream goes on as if no check ran
+                    summary = check_fn(*args, **kwargs)
             except NotImplementedError:
                 raise CheckFailed(f"{title}: not implemented yet. Replace `raise NotImplementedError()` "
                                   "with your code and run the cell again.") from None
@@ -24,6 +26,14 @@ def exercise(title: str):
             print(f"ok: {title}" + (f" ({summary})" if summary else ""))
         return run
     return decorate
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Seed the global RNG (for code that takes no generator, such as a model's init) inside this block only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def expect(condition: bool, message: str) -> None:
