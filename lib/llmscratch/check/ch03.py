@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..attention import MultiHeadAttention
-from .core import CheckFailed, exercise, expect, expect_tensor, seeded
+from .core import CheckFailed, differs, exercise, expect, expect_tensor, seeded
 
 
 def reference_heads(mha: MultiHeadAttention, x, mask):
@@ -96,7 +96,7 @@ def attention(fn):
             what = f"attention(q {(B, nh, T_q, d_k)}, k {(B, nh, T_k, d_k)}, v {(B, nh, T_k, d_v)}, {kind})"
             got = _call_forbidding_sdpa(fn, q, k, v, mask, what)
             expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            if torch.is_tensor(got) and got.shape == expected.shape and not torch.allclose(got, expected, atol=1e-5):
+            if differs(got, expected, atol=1e-5):
                 for mistake, wrong in _typical_mistakes(q, k, v, mask).items():
                     expect(not _matches(got, wrong), f"{what}: {mistake}")
             expect_tensor(got, expected, what, atol=1e-5)
@@ -213,7 +213,7 @@ def mha_forward(fn):
                     raise
                 raise _view_failed(fn, args, what, err) from err
             expected = reference(x, mask=mask)
-            if torch.is_tensor(got) and got.shape == expected.shape and not torch.allclose(got, expected, atol=1e-5):
+            if differs(got, expected, atol=1e-5):
                 for mistake, wrong in _mha_mistakes(reference, x, nh, mask):
                     expect(not _matches(got, wrong), f"{what}: {mistake}")
             expect_tensor(got, expected, what, atol=1e-5)

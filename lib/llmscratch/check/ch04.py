@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ..gpt import GPT, GPTConfig
 from ..gpt import top_k_filter as reference_top_k
 from ..gpt import top_p_filter as reference_top_p
-from .core import CheckFailed, exercise, expect, expect_tensor, seeded
+from .core import CheckFailed, differs, exercise, expect, expect_tensor, seeded
 
 TINY = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
@@ -16,12 +16,6 @@ TINY = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
 def _close(got, wrong, atol=1e-4):
     same_shape = torch.is_tensor(got) and got.shape == wrong.shape
     return same_shape and torch.allclose(got.detach(), wrong, rtol=1e-4, atol=atol)
-
-
-def _differs(got, expected, atol):
-    """A tensor of the right shape with the wrong values: worth comparing with the usual mistakes."""
-    same_shape = torch.is_tensor(got) and got.shape == expected.shape
-    return same_shape and not torch.allclose(got.detach(), expected, atol=atol)
 
 
 def _broadcast_error(err):
@@ -58,7 +52,7 @@ def layer_norm(fn):
                               f"and variance of each vector must keep their dimension, shape {shape[:-1] + (1,)}, to "
                               "broadcast against x: x.mean(dim=-1, keepdim=True)") from err
         expected = F.layer_norm(x, (shape[-1],), w, b, eps=1e-5)
-        if _differs(got, expected, atol=1e-4):
+        if differs(got, expected, atol=1e-4):
             for mistake, wrong in _layer_norm_mistakes(x, w, b).items():
                 expect(not _close(got, wrong), mistake)
         expect_tensor(got, expected, f"layer_norm(x of shape {shape}) (normalise over the last dimension, "
@@ -81,12 +75,6 @@ def _model(seed, config=TINY):
     return model
 
 
-def _attend(attn, h, causal=True):
-    B, T, C = h.shape
-    q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in attn.c_attn(h).split(C, dim=-1))
-    return attn.c_proj(F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(B, T, C))
-
-
 def _plain_norm(h):
     return F.layer_norm(h, h.shape[-1:])
 
@@ -94,7 +82,7 @@ def _plain_norm(h):
 @torch.no_grad()
 def _block_mistakes(block, x):
     ln_1, ln_2, mlp = block.ln_1, block.ln_2, block.mlp
-    attn = lambda h, causal=True: _attend(block.attn, h, causal)
+    attn = lambda h, causal=True: block.attn(h, is_causal=causal)  # the library's attention, in eval mode
 
     def pre_ln(norm_1=ln_1, norm_2=ln_2, causal=True):
         h = x + attn(norm_1(x), causal)
@@ -127,7 +115,7 @@ def block_forward(fn):
         got = fn(x, block)
         with torch.no_grad():
             expected = block(x)
-        if _differs(got, expected, atol=1e-5):
+        if differs(got, expected, atol=1e-5):
             for mistake, wrong in _block_mistakes(block, x).items():
                 expect(not _close(got, wrong), f"block_forward(x, block {i}): {mistake}")
         expect_tensor(got, expected, f"block_forward(x, block {i}) (pre-LN: x + attn(ln_1(x)), then + mlp(ln_2(x)); "
@@ -177,7 +165,7 @@ def gpt_forward(fn):
     if torch.is_tensor(logits) and logits.shape[-1] == TINY.n_embd:
         raise CheckFailed(f"the logits have shape {tuple(logits.shape)}, the model's width: apply model.lm_head "
                           f"to get one logit per vocabulary entry, shape {tuple(expected_logits.shape)}")
-    if _differs(logits, expected_logits, atol=1e-5):
+    if differs(logits, expected_logits, atol=1e-5):
         for mistake, wrong in _logits_mistakes(model, idx).items():
             expect(not _close(logits, wrong), f"gpt_forward logits: {mistake}")
     expect_tensor(logits, expected_logits, "gpt_forward logits (wte + wpe, the blocks, ln_f, lm_head)", atol=1e-5)

@@ -36,6 +36,12 @@ def seeded(seed: int):
         yield
 
 
+def differs(got, expected, atol: float) -> bool:
+    """A tensor of the right shape with the wrong values: worth comparing with the usual mistakes."""
+    same_shape = torch.is_tensor(got) and got.shape == expected.shape
+    return same_shape and not torch.allclose(got.detach(), expected, atol=atol)
+
+
 def expect(condition: bool, message: str) -> None:
     if not condition:
         raise CheckFailed(message)
