@@ -1,4 +1,5 @@
-"""Attention (chapter 03): scaled dot-product attention from scratch, masks, multi-head attention.
+"""Attention (chapter 03): scaled dot-product attention from scratch, masks, multi-head attention;
+cross-attention for encoder-decoder models (chapter 06).
 
 Mask convention (PyTorch's): a boolean mask is True where a query MAY attend to a key; a float
 mask is added to the scores (0 to keep, -inf to block). Masks broadcast to (B, nh, T_q, T_k).
@@ -134,3 +135,35 @@ class MultiHeadAttention(nn.Module):
             y = attend(q, k, v, mask, dropout_p=dropout_p)                     # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                      # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+class CrossAttention(nn.Module):
+    """The encoder-decoder link of the original Transformer: queries from the decoder's stream x
+    (B, T_q, C), keys and values from the encoder's output `memory` (B, T_k, C). No causal mask: every
+    decoder position may read the whole source, except its padding (memory_mask, 1 = real token)."""
+
+    def __init__(self, d_model: int, n_head: int, bias: bool = True, dropout: float = 0.0, use_sdpa: bool = True):
+        super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
+        self.n_head, self.head_size = n_head, d_model // n_head
+        self.c_q = nn.Linear(d_model, d_model, bias=bias)         # queries, from the decoder
+        self.c_kv = nn.Linear(d_model, 2 * d_model, bias=bias)    # keys and values, from the encoder
+        self.c_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+        self.use_sdpa = use_sdpa
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask=None) -> torch.Tensor:
+        B, T_q, C = x.shape
+        T_k = memory.shape[1]
+        if memory.shape[0] != B or memory.shape[2] != C:
+            raise ValueError(f"memory of shape {tuple(memory.shape)} does not fit x {tuple(x.shape)}: "
+                             "it needs the same batch size and width")
+        q = self.c_q(x).view(B, T_q, self.n_head, self.head_size).transpose(1, 2)               # (B, nh, T_q, hs)
+        k, v = (t.view(B, T_k, self.n_head, self.head_size).transpose(1, 2)
+                for t in self.c_kv(memory).split(C, dim=-1))                                   # (B, nh, T_k, hs)
+        mask = padding_mask(memory_mask) if memory_mask is not None else None                   # (B, 1, 1, T_k)
+        attend = F.scaled_dot_product_attention if self.use_sdpa else scaled_dot_product_attention
+        y = attend(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0)             # (B, nh, T_q, hs)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T_q, C)))
