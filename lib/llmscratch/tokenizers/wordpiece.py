@@ -2,9 +2,14 @@
 and every CJK ideograph), then greedy longest-match-first pieces from a fixed vocabulary."""
 
 import unicodedata
+from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 PREFIX = "##"  # marks a piece that continues a word: "playing" -> "play", "##ing"
+# The special tokens of a trained vocabulary, ids 0 to 4: the order of Google's BERT vocabularies,
+# without their [unused] slots.
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def is_cjk(cp: int) -> bool:
@@ -42,33 +47,40 @@ def is_control(ch: str) -> bool:
 
 def basic_tokenize(text: str, lowercase: bool = True) -> list[str]:
     """BERT's pre-tokenization: the words and punctuation marks WordPiece then cuts into pieces."""
-    chars = []
-    for ch in text:
-        cp = ord(ch)
-        if cp == 0 or cp == 0xFFFD or is_control(ch):
-            continue                                  # drop NUL, replacement and control characters
-        if is_whitespace(ch):
-            chars.append(" ")
-        elif is_cjk(cp):
-            chars.append(f" {ch} ")                   # every ideograph is a word of its own
-        else:
-            chars.append(ch)
+    # Each distinct character is looked at once: dropped (NUL, replacement and control characters),
+    # a space, or padded with spaces when it is an ideograph, so that every ideograph is a word of its own.
+    table = {ord(ch): _replacement(ch) for ch in set(text)}
     words = []
-    for word in "".join(chars).split():
-        if lowercase:  # BERT uncased: lower-case, then strip accents (é -> e) via NFD decomposition
-            word = "".join(c for c in unicodedata.normalize("NFD", word.lower()) if unicodedata.category(c) != "Mn")
-        current = ""
-        for ch in word:
-            if is_punctuation(ch):
-                if current:
-                    words.append(current)
-                words.append(ch)
-                current = ""
-            else:
-                current += ch
-        if current:
-            words.append(current)
+    for word in text.translate(table).split():
+        words.extend(_split_word(word, lowercase))
     return words
+
+
+def _replacement(ch: str) -> str:
+    cp = ord(ch)
+    if cp == 0 or cp == 0xFFFD or is_control(ch):
+        return ""
+    if is_whitespace(ch):
+        return " "
+    return f" {ch} " if is_cjk(cp) else ch
+
+
+@lru_cache(maxsize=1 << 16)  # words recur (in Chinese text every word is one ideograph): split each once
+def _split_word(word: str, lowercase: bool) -> tuple[str, ...]:
+    if lowercase:  # BERT uncased: lower-case, then strip accents (é -> e) via NFD decomposition
+        word = "".join(c for c in unicodedata.normalize("NFD", word.lower()) if unicodedata.category(c) != "Mn")
+    words, current = [], ""
+    for ch in word:
+        if is_punctuation(ch):  # a punctuation mark is a word of its own
+            if current:
+                words.append(current)
+            words.append(ch)
+            current = ""
+        else:
+            current += ch
+    if current:
+        words.append(current)
+    return tuple(words)
 
 
 def wordpiece(word: str, vocab, unk_token: str = "[UNK]", max_chars: int = 100) -> list[str]:
@@ -119,6 +131,56 @@ class WordPieceTokenizer:
         if tokens and tokens[-1] == "":
             tokens.pop()
         return cls(tokens, lowercase=lowercase, **kwargs)
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int, min_frequency: int = 2, lowercase: bool = True) -> "WordPieceTokenizer":
+        """A vocabulary for `text` in the way of Google's Chinese BERT: the special tokens, then every
+        character seen at least min_frequency times, most frequent first, then the most frequent
+        longer words whole, until `vocab_size` tokens. An ideograph is always a word of its own
+        (basic_tokenize), so its character is all it needs; any other letter, digit or symbol also gets
+        its "##" piece, so that a word like "１９９８" or "wto" is spelled in characters when it is not in
+        the vocabulary whole. Greedy longest-match then takes whole words first and falls back to
+        characters; only a character rarer than min_frequency is [UNK]. Ties are broken by the string, so
+        the same text gives the same vocabulary. A text with few distinct words can stop short of vocab_size."""
+        if not isinstance(text, str):
+            raise TypeError(f"train expects the training text as a str, got {type(text).__name__}")
+        if vocab_size <= len(SPECIAL_TOKENS):
+            raise ValueError(f"vocab_size={vocab_size} is too small: the {len(SPECIAL_TOKENS)} special tokens "
+                             f"{', '.join(SPECIAL_TOKENS)} come first, so it must be at least {len(SPECIAL_TOKENS) + 1}")
+        if min_frequency < 1:
+            raise ValueError(f"min_frequency must be at least 1, got {min_frequency}")
+        words = Counter(basic_tokenize(text, lowercase))
+        if not words:
+            raise ValueError("the training text is empty (or only spaces and control characters): "
+                             "a WordPiece vocabulary is learned from text, give it some")
+        chars = Counter()
+        for word, n in words.items():
+            for ch in word:
+                chars[ch] += n
+
+        def frequent(counts):  # most frequent first, ties by the string
+            return sorted((k for k, n in counts.items() if n >= min_frequency), key=lambda k: (-counts[k], k))
+
+        pieces = []
+        for ch in frequent(chars):
+            pieces.append(ch)
+            if not is_cjk(ord(ch)) and not is_punctuation(ch):  # ideographs and punctuation never continue a word
+                pieces.append(PREFIX + ch)
+        if not pieces:
+            raise ValueError(f"no character occurs {min_frequency} times in the text: lower min_frequency "
+                             "or give more text")
+        pieces += [word for word in frequent(words) if len(word) > 1]
+        return cls(list(SPECIAL_TOKENS) + pieces[:vocab_size - len(SPECIAL_TOKENS)], lowercase=lowercase)
+
+    def save(self, path) -> Path:
+        """Write the vocabulary as BERT's vocab.txt, one token per line (the line number is the id), for
+        from_vocab and Hugging Face's BertTokenizerFast. Like BERT's, the file does not record `lowercase`."""
+        bad = [t for t in self.vocab if not t or t != t.strip() or any(is_whitespace(ch) or ch in "\n\r" for ch in t)]
+        if bad:
+            raise ValueError(f"tokens with spaces or line breaks cannot be stored one per line: {bad[:5]}")
+        path = Path(path)
+        path.write_text("".join(token + "\n" for token in self.vocab), encoding="utf-8")
+        return path
 
     @property
     def vocab_size(self) -> int:
