@@ -278,3 +278,98 @@ def test_token_files_are_keyed_by_tokenizer_and_text(tmp_path):
     stamp = (small / "train.bin").stat().st_mtime_ns
     assert token_files(tmp_path, text, vocab_size=270) == small and (small / "train.bin").stat().st_mtime_ns == stamp
     assert json.loads((small / "tokenizer.json").read_text()) != json.loads((large / "tokenizer.json").read_text())
+
+
+# ---- the BERT's pretraining: masked windows, and the same command line --------------------------------
+def test_mlm_batch_wraps_random_windows_and_masks_only_ordinary_tokens():
+    from llmscratch.bert import IGNORE_INDEX, mlm_batch
+
+    cls_id, sep_id, mask_id, specials = 2, 3, 4, (0, 1, 2, 3, 4)
+    data = np.random.default_rng(0).integers(5, 300, 20_000).astype(np.uint16)
+    data[::37] = sep_id                                               # the [SEP] that ends each line
+    g = torch.Generator().manual_seed(0)
+    inputs, labels = mlm_batch(data, 64, 32, cls_id, sep_id, mask_id, 300, specials, g)
+    assert inputs.shape == labels.shape == (64, 32) and inputs.dtype == labels.dtype == torch.long
+    assert (inputs[:, 0] == cls_id).all() and (inputs[:, -1] == sep_id).all()
+    selected = labels != IGNORE_INDEX
+    originals = torch.where(selected, labels, inputs)                 # undo the masking
+    assert not torch.isin(originals[selected], torch.tensor(specials)).any()
+    flat = data.astype(np.int64).tobytes()
+    for row in originals[:, 1:-1]:                                    # each window is a piece of the data
+        assert row.numpy().astype(np.int64).tobytes() in flat
+    assert 0.11 < selected.sum().item() / (inputs.shape[0] * 30 - (originals[:, 1:-1] == sep_id).sum().item()) < 0.19
+    again = mlm_batch(data, 64, 32, cls_id, sep_id, mask_id, 300, specials, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], inputs) and torch.equal(again[1], labels)
+    with pytest.raises(ValueError, match="leaves no room"):
+        mlm_batch(data, 4, 2, cls_id, sep_id, mask_id, 300, specials, g)
+    with pytest.raises(ValueError, match="cannot fill a window"):
+        mlm_batch(data[:10], 4, 32, cls_id, sep_id, mask_id, 300, specials, g)
+
+
+def test_mlm_accuracy_and_the_unigram_baseline():
+    from llmscratch.bert import IGNORE_INDEX, mlm_accuracy
+    from llmscratch.pretrain import unigram_accuracy
+
+    class Oracle(torch.nn.Module):  # knows the answer at the first two masked positions of each row
+        def forward(self, inputs):
+            logits = torch.zeros(*inputs.shape, 10)
+            logits[..., 7] = 1.0
+            logits[:, :2, 3] = 2.0
+            return logits, None
+
+    inputs = torch.zeros(2, 4, dtype=torch.long)
+    labels = torch.tensor([[3, 3, 7, IGNORE_INDEX], [3, 5, 7, 7]])   # 7 masked targets; 3 of the 7 are 3s
+    assert mlm_accuracy(Oracle(), [(inputs, labels)]) == pytest.approx(6 / 7)  # row 1 pos 1 is a 5
+    assert unigram_accuracy([(inputs, labels)]) == pytest.approx(3 / 7)  # always "3" (or "7"): 3 of 7
+    with pytest.raises(ValueError, match="no position is masked"):
+        mlm_accuracy(Oracle(), [(inputs, torch.full((2, 4), IGNORE_INDEX))])
+
+
+def test_command_line_bert_pretraining_resumes_exactly(tmp_path):
+    """--model bert: the People's Daily, a WordPiece vocabulary, masked batches; 20 steps straight equal
+    10, a stop and a resume, and every evaluation reports the masked-token accuracy and fills in a sentence."""
+    straight = cli(tmp_path / "a", "--model", "bert", processes=1)
+    assert (tmp_path / "a" / "ckpt" / "model.safetensors").exists()
+    cli(tmp_path / "b", "--model", "bert", "--stop-after", "10", processes=1, tokens_from=tmp_path / "a")
+    resumed = cli(tmp_path / "b", "--model", "bert", "--resume", processes=1)
+    assert [s["loss"] for s in resumed] == [s["loss"] for s in straight]
+    evals = [s for s in resumed if "val_loss" in s]
+    assert [s["step"] + 1 for s in evals] == [10, 20]
+    assert all(0 <= s["val_accuracy"] <= 1 and 0 < s["val_unigram_accuracy"] < 1 for s in evals)
+    assert all(s["fill_mask"].startswith("中华人民[") and s["fill_mask"].count("[") == 2 for s in evals)
+    vocab = next((tmp_path / "a").glob("tokens-*")) / "vocab.txt"
+    assert vocab.read_text(encoding="utf-8").split("\n")[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["preset"] == "tiny" and config["hidden_size"] == 64
+    result = subprocess.run([sys.executable, "-m", "llmscratch.pretrain", "--model", "bert", "--preset", "gpt2-small"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--model bert has no preset 'gpt2-small'" in result.stderr
+
+
+def test_export_saves_a_bert_that_loads_with_the_same_predictions(tmp_path):
+    from llmscratch.bert import BertConfig, BertForMaskedLM, load_mlm
+
+    cli(tmp_path / "run", "--model", "bert", "--export", str(tmp_path / "export"), processes=1)
+    model, tokenizer = load_mlm(tmp_path / "export")
+    info = json.loads((tmp_path / "export" / "info.json").read_text())
+    assert info["step"] == 20 and info["preset"] == "tiny" and 0 <= info["val_accuracy"] <= 1
+    assert "--model bert --preset tiny" in info["command"]
+    assert model.cls.decoder.weight is model.bert.embeddings.word_embeddings.weight  # still tied
+    trained = BertForMaskedLM(BertConfig(**json.loads((tmp_path / "export" / "config.json").read_text())))
+    load_checkpoint(tmp_path / "run" / "ckpt", trained, configure_optimizer(trained, lr=1e-3))
+    ids = torch.tensor([[tokenizer.cls_id] + tokenizer.encode("中华人民共和国成立以来，我国经济发展很快。") + [tokenizer.sep_id]])
+    with torch.no_grad():
+        ours, theirs = model(ids)[0], trained.eval()(ids)[0]
+    assert (ours - theirs).abs().max() < 2e-2 * theirs.abs().max()  # fp16 storage: ~3 significant digits
+    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+    size = (tmp_path / "export" / "model.safetensors").stat().st_size
+    assert size < 0.6 * sum(p.numel() for p in trained.parameters()) * 4  # half of fp32, the tied matrix once
+    # a finished run exports again without training
+    again = tmp_path / "again"
+    cli(tmp_path / "run", "--model", "bert", "--resume", "--export", str(again), processes=1)
+    assert (again / "model.safetensors").read_bytes() == (tmp_path / "export" / "model.safetensors").read_bytes()
+    with pytest.raises(FileNotFoundError, match="holds no saved BERT.*--export"):
+        load_mlm(tmp_path / "nothing")
+    (again / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt or incomplete"):
+        load_mlm(again)

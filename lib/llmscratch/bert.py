@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -322,6 +323,48 @@ def mask_tokens(ids, special_mask, mask_id: int, vocab_size: int, special_ids=()
     return inputs.to(ids.device), labels.to(ids.device)
 
 
+
+def mlm_batch(tokens, batch_size: int, block_size: int, cls_id: int, sep_id: int, mask_id: int, vocab_size: int,
+              special_ids=(), generator: torch.Generator | None = None, device="cpu", p: float = 0.15):
+    """A pretraining batch from a long array of token ids (the np.memmap of train.load_tokens): random
+    windows of block_size - 2 ids, each wrapped as [CLS] window [SEP], then masked by mask_tokens.
+    [CLS], [SEP] and any of special_ids inside a window (the [SEP] that ends each line of the text)
+    are never masked, nor drawn as random replacements. Windows and masks come from `generator`, so
+    a fixed seed gives the same batches. Returns (inputs, labels), both (B, block_size)."""
+    n = block_size - 2                                                          # room between [CLS] and [SEP]
+    if n < 1:
+        raise ValueError(f"block_size={block_size} leaves no room for tokens between [CLS] and [SEP]: "
+                         "use at least 3")
+    if len(tokens) < n:
+        raise ValueError(f"{len(tokens)} tokens cannot fill a window of {n} (block_size={block_size} minus "
+                         "[CLS] and [SEP]): use more text or a smaller block_size")
+    starts = torch.randint(len(tokens) - n + 1, (batch_size,), generator=generator).tolist()
+    windows = torch.stack([torch.from_numpy(np.asarray(tokens[s:s + n], dtype=np.int64)) for s in starts])  # (B, n)
+    ids = torch.cat([torch.full((batch_size, 1), cls_id), windows, torch.full((batch_size, 1), sep_id)], dim=1)
+    specials = sorted({cls_id, sep_id, mask_id, *(int(i) for i in special_ids)})
+    special_mask = torch.isin(ids, torch.tensor(specials))                    # (B, T)
+    inputs, labels = mask_tokens(ids, special_mask, mask_id, vocab_size, specials, p, generator)
+    return inputs.to(device), labels.to(device)
+
+
+@torch.no_grad()
+def mlm_accuracy(model, batches) -> float:
+    """Share of the masked positions (label not IGNORE_INDEX) whose most likely token is the original,
+    over a list of (inputs, labels) batches."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for inputs, labels in batches:
+        logits, _ = model(inputs)                                               # (B, T, vocab)
+        labels = labels.to(logits.device)
+        selected = labels != IGNORE_INDEX
+        correct += (logits.argmax(-1)[selected] == labels[selected]).sum().item()
+        total += selected.sum().item()
+    model.train(was_training)
+    if total == 0:
+        raise ValueError("no position is masked in these batches: the accuracy is undefined")
+    return correct / total
+
 # ---- sentence embeddings ----------------------------------------------------------------------------
 def mean_pool(hidden, attention_mask):
     """Average of the hidden states (B, T, C) over the real tokens of each row: padding adds nothing
@@ -333,21 +376,37 @@ def mean_pool(hidden, attention_mask):
 @torch.no_grad()
 def sentence_embeddings(model: BertModel, tokenizer, sentences, batch_size: int = 64, max_length: int = 256,
                         normalize: bool = True):
-    """One vector per sentence (N, C): the mean of the last hidden states over real tokens, L2-normalised,
-    as sentence-transformers computes them. A sentence longer than max_length tokens is an error
-    (sentence-transformers would silently cut it)."""
+    """One vector per sentence (N, C), in the order given: the mean of the last hidden states over real
+    tokens, L2-normalised, as sentence-transformers computes them. A sentence longer than max_length tokens
+    is an error (sentence-transformers would silently cut it)."""
     if isinstance(sentences, str):
         sentences = [sentences]
+    sentences = list(sentences)
+    # Batch sentences of similar length together (longest first, as sentence-transformers): far less padding.
+    order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(sentences), batch_size):
-        batch = tokenizer(list(sentences[i:i + batch_size]), padding=True, max_length=max_length)
+        chunk = [sentences[j] for j in order[i:i + batch_size]]
+        try:
+            batch = tokenizer(chunk, padding=True, max_length=max_length)
+        except ValueError as err:  # the tokenizer's advice (truncation=True) is no argument of this function
+            lengths = [len(tokenizer(s)["input_ids"]) for s in chunk]
+            j = next((j for j, n in enumerate(lengths) if n > max_length), None)
+            if j is None:
+                raise
+            raise ValueError(f"sentence {order[i + j]} has {lengths[j]} tokens ([CLS] and [SEP] included), more than "
+                             f"max_length={max_length}: split it into shorter pieces, or pass a larger max_length "
+                             f"(up to the model's {model.config.max_position_embeddings} positions); "
+                             "sentence-transformers would silently embed only its first 256 tokens") from err
         hidden = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         pooled = mean_pool(hidden, batch["attention_mask"])
         out.append(F.normalize(pooled, p=2, dim=1) if normalize else pooled)
     model.train(was_training)
-    return torch.cat(out)
+    result = torch.empty_like(torch.cat(out))
+    result[torch.tensor(order, device=result.device)] = torch.cat(out)    # back to the order given
+    return result
 
 
 def minilm_dir() -> Path:
@@ -374,6 +433,58 @@ def load_minilm(device=None):
     model = BertModel.from_hf_state(config, load_file(folder / "model.safetensors"))
     tokenizer = WordPieceTokenizer.from_vocab(folder / "vocab.txt")
     return model.to(device or "cpu"), tokenizer
+
+
+# ---- the course's own pretrained Chinese BERT -------------------------------------------------------
+CHINESE_BERT = Path(__file__).parent / "weights" / "bert-zh-small"  # made by `pretrain --model bert --preset small`
+
+
+def save_mlm(model: BertForMaskedLM, vocab_file, folder, info: dict | None = None) -> Path:
+    """A trained BertForMaskedLM for others to start from: its weights in fp16 safetensors (half the size;
+    the tied decoder weight is stored once, as the word embeddings), config.json, the vocab.txt of its
+    WordPiece tokenizer, and info.json (how it was trained, what it reached)."""
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()
+             if k != "cls.decoder.weight"}
+    save_file(state, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(asdict(model.config), indent=1) + "\n")
+    (folder / "vocab.txt").write_bytes(Path(vocab_file).read_bytes())
+    (folder / "info.json").write_text(json.dumps(info or {}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return folder
+
+
+def load_mlm(folder=CHINESE_BERT, device=None):
+    """(BertForMaskedLM in fp32, WordPieceTokenizer) from a folder written by save_mlm; by default the course's
+    Chinese BERT (4 layers, width 192, 5,000 tokens), pretrained on the People's Daily. Safetensors only."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .tokenizers import WordPieceTokenizer
+
+    folder = Path(folder)
+    missing = [f for f in ("model.safetensors", "config.json", "vocab.txt") if not (folder / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder} holds no saved BERT: missing {', '.join(missing)}. Make one with "
+                                "`python -m llmscratch.pretrain --model bert --preset small --export FOLDER`")
+    model = BertForMaskedLM(BertConfig(**json.loads((folder / "config.json").read_text())))
+    try:
+        state = load_file(folder / "model.safetensors")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{folder / 'model.safetensors'} is corrupt or incomplete ({err}): export it again") from err
+    expected = set(model.state_dict()) - {"cls.decoder.weight"}
+    if set(state) != expected:
+        raise ValueError(f"{folder / 'model.safetensors'} does not fit its config.json: missing "
+                         f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]}")
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            if name != "cls.decoder.weight":   # tied: it is the word embeddings
+                p.copy_(state[name].float())
+    return model.to(device or "cpu").eval(), WordPieceTokenizer.from_vocab(folder / "vocab.txt")
 
 
 def parameter_count(model: nn.Module) -> int:
