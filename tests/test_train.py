@@ -317,10 +317,13 @@ def test_mlm_accuracy_and_the_unigram_baseline():
             logits[:, :2, 3] = 2.0
             return logits, None
 
-    inputs = torch.zeros(2, 4, dtype=torch.long)
-    labels = torch.tensor([[3, 3, 7, IGNORE_INDEX], [3, 5, 7, 7]])   # 7 masked targets; 3 of the 7 are 3s
+    inputs = torch.tensor([[9, 3, 9, 1], [9, 9, 9, 7]])                # 9 = [MASK]; the others were kept or replaced
+    labels = torch.tensor([[3, 3, 7, IGNORE_INDEX], [3, 5, 7, 7]])   # 7 selected targets; 3 of the 7 are 3s
     assert mlm_accuracy(Oracle(), [(inputs, labels)]) == pytest.approx(6 / 7)  # row 1 pos 1 is a 5
     assert unigram_accuracy([(inputs, labels)]) == pytest.approx(3 / 7)  # always "3" (or "7"): 3 of 7
+    # at the [MASK]ed positions only (5 of the 7): the kept "3" and the last "7" are left out
+    assert mlm_accuracy(Oracle(), [(inputs, labels)], mask_id=9) == pytest.approx(4 / 5)
+    assert unigram_accuracy([(inputs, labels)], mask_id=9) == pytest.approx(2 / 5)
     with pytest.raises(ValueError, match="no position is masked"):
         mlm_accuracy(Oracle(), [(inputs, torch.full((2, 4), IGNORE_INDEX))])
 

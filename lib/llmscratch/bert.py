@@ -347,9 +347,17 @@ def mlm_batch(tokens, batch_size: int, block_size: int, cls_id: int, sep_id: int
     return inputs.to(device), labels.to(device)
 
 
+def scored_positions(inputs, labels, mask_id: int | None = None):
+    """The positions an MLM metric reads: every selected one (label not IGNORE_INDEX), or with mask_id
+    only those whose input is [MASK]. Only the latter measure what the model infers from the context:
+    at the 10% kept unchanged it can copy its input, which no context is needed for."""
+    selected = labels != IGNORE_INDEX
+    return selected if mask_id is None else selected & (inputs.to(labels.device) == mask_id)
+
+
 @torch.no_grad()
-def mlm_accuracy(model, batches) -> float:
-    """Share of the masked positions (label not IGNORE_INDEX) whose most likely token is the original,
+def mlm_accuracy(model, batches, mask_id: int | None = None) -> float:
+    """Share of the scored positions (see scored_positions) whose most likely token is the original,
     over a list of (inputs, labels) batches."""
     was_training = model.training
     model.eval()
@@ -357,7 +365,7 @@ def mlm_accuracy(model, batches) -> float:
     for inputs, labels in batches:
         logits, _ = model(inputs)                                               # (B, T, vocab)
         labels = labels.to(logits.device)
-        selected = labels != IGNORE_INDEX
+        selected = scored_positions(inputs, labels, mask_id)
         correct += (logits.argmax(-1)[selected] == labels[selected]).sum().item()
         total += selected.sum().item()
     model.train(was_training)
@@ -435,10 +443,7 @@ def load_minilm(device=None):
     return model.to(device or "cpu"), tokenizer
 
 
-# ---- the course's own pretrained Chinese BERT -------------------------------------------------------
-CHINESE_BERT = Path(__file__).parent / "weights" / "bert-zh-small"  # made by `pretrain --model bert --preset small`
-
-
+# ---- a trained BERT, saved for others to start from ---------------------------------------------------
 def save_mlm(model: BertForMaskedLM, vocab_file, folder, info: dict | None = None) -> Path:
     """A trained BertForMaskedLM for others to start from: its weights in fp16 safetensors (half the size;
     the tied decoder weight is stored once, as the word embeddings), config.json, the vocab.txt of its
@@ -458,9 +463,9 @@ def save_mlm(model: BertForMaskedLM, vocab_file, folder, info: dict | None = Non
     return folder
 
 
-def load_mlm(folder=CHINESE_BERT, device=None):
-    """(BertForMaskedLM in fp32, WordPieceTokenizer) from a folder written by save_mlm; by default the course's
-    Chinese BERT (4 layers, width 192, 5,000 tokens), pretrained on the People's Daily. Safetensors only."""
+def load_mlm(folder, device=None):
+    """(BertForMaskedLM in fp32, WordPieceTokenizer) from a folder written by save_mlm (e.g. by
+    `python -m llmscratch.pretrain --model bert --preset gpu --export FOLDER`). Safetensors only."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -470,7 +475,7 @@ def load_mlm(folder=CHINESE_BERT, device=None):
     missing = [f for f in ("model.safetensors", "config.json", "vocab.txt") if not (folder / f).exists()]
     if missing:
         raise FileNotFoundError(f"{folder} holds no saved BERT: missing {', '.join(missing)}. Make one with "
-                                "`python -m llmscratch.pretrain --model bert --preset small --export FOLDER`")
+                                "`python -m llmscratch.pretrain --model bert --preset gpu --export FOLDER`")
     model = BertForMaskedLM(BertConfig(**json.loads((folder / "config.json").read_text())))
     try:
         state = load_file(folder / "model.safetensors")

@@ -25,7 +25,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .bert import IGNORE_INDEX, BertConfig, BertForMaskedLM, mlm_accuracy, mlm_batch, parameter_count, save_mlm
+from .bert import (BertConfig, BertForMaskedLM, mlm_accuracy, mlm_batch, parameter_count, save_mlm,
+                   scored_positions)
 from .data import peoples_daily_text, python_reference_text, train_val_split
 from .gpt import GPT, GPTConfig
 from .tokenizers import BPETokenizer, WordPieceTokenizer
@@ -58,9 +59,6 @@ BERT_PRESETS = {
     "cpu": dict(vocab_size=3000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
                 block_size=128, batch_size=32, accum=1, steps=400, warmup=40, lr=1e-3, dropout=0.0, eval_every=100,
                 eval_batches=10),                                                              # ~2 min on 2 cores
-    "small": dict(vocab_size=5000, hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768,
-                  block_size=128, batch_size=32, accum=1, steps=4000, warmup=200, lr=1e-3, dropout=0.0,
-                  eval_every=250, eval_batches=20),                                            # ~1 hour on a CPU
     "gpu": dict(vocab_size=6000, hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536,
                 block_size=256, batch_size=128, accum=1, steps=5000, warmup=250, lr=5e-4, dropout=0.1,
                 eval_every=500, eval_batches=20),                                              # minutes on a GPU
@@ -120,9 +118,10 @@ def fill_mask(model, tokenizer, text: str, device, top_k: int = 3) -> str:
                               for top, part in zip(guesses, parts[1:]))
 
 
-def unigram_accuracy(batches) -> float:
-    """The masked-token accuracy of always guessing the most frequent masked token: what a BERT must beat."""
-    labels = torch.cat([y[y != IGNORE_INDEX].cpu() for _, y in batches])
+def unigram_accuracy(batches, mask_id: int | None = None) -> float:
+    """The accuracy of always guessing the most frequent target, over the same positions as mlm_accuracy:
+    what a BERT must beat."""
+    labels = torch.cat([y[scored_positions(x, y, mask_id)].cpu() for x, y in batches])
     return torch.bincount(labels).max().item() / len(labels)
 
 
@@ -248,11 +247,12 @@ def bert_task(p: dict, data_dir: Path, device) -> Task:
                          tokenizer.special_tokens[tokenizer.mask_token], tokenizer.vocab_size, special_ids,
                          generator, device)
 
-    def report(model, val_batches):
-        accuracy, baseline = mlm_accuracy(model, val_batches), unigram_accuracy(val_batches)
+    def report(model, val_batches):  # accuracy at the [MASK]ed positions: what the context tells
+        mask_id = tokenizer.special_tokens[tokenizer.mask_token]
+        accuracy, baseline = mlm_accuracy(model, val_batches, mask_id), unigram_accuracy(val_batches, mask_id)
         filled = fill_mask(model, tokenizer, FILL_MASK_TEXT, device)
         return ({"val_accuracy": accuracy, "val_unigram_accuracy": baseline, "fill_mask": filled},
-                f"masked-token accuracy {accuracy:.1%} (unigram {baseline:.1%}) | {filled}")
+                f"accuracy at [MASK] {accuracy:.1%} (most frequent token {baseline:.1%}) | {filled}")
 
     n_params = parameter_count(model)
     flops = 6 * n_params + 12 * config.num_hidden_layers * config.hidden_size * p["block_size"]  # as flops_per_token
@@ -284,7 +284,7 @@ def main(argv=None):
                         "(the schedule still follows --steps)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--export", type=Path, help="bert: after the run, save the model for others to start from "
+    parser.add_argument("--export", type=Path, help="bert: after the run, save the model for others to start from (chapter 07) "
                         "(fp16 safetensors, config, vocab.txt, info.json) in this folder; with --resume after a "
                         "finished run, export it without training")
     args = parser.parse_args(argv)
@@ -377,7 +377,7 @@ def main(argv=None):
         final = [s for s in records if "val_loss" in s]
         if final:
             s = final[-1]
-            accuracy = (f", masked-token accuracy {s['val_accuracy']:.1%} (unigram baseline "
+            accuracy = (f", accuracy at [MASK] {s['val_accuracy']:.1%} (most frequent token "
                         f"{s['val_unigram_accuracy']:.1%})") if "val_accuracy" in s else ""
             print(f"step {s['step'] + 1}: validation loss {s['val_loss']:.3f} (perplexity {s['val_perplexity']:.1f})"
                   f"{accuracy}, {records[-1]['tokens_per_s']:.0f} tokens/s")
