@@ -110,6 +110,18 @@ CASES = {
             "emptied": "test_evaluate",
         },
     },
+    "06_bert": {
+        # Mean pooling that averages the padding in.
+        "mistake": ("mean_pool", "def mean_pool(hidden, attention_mask):\n    return hidden.mean(dim=1)\n",
+                    {"test_mean_pool"}),
+        "tamper": {
+            "broken": {"mask_tokens": "def mask_tokens(ids, special_mask, mask_id, vocab_size, special_ids, p=0.15,"
+                                      " generator=None):\n    return ids.clone(), ids.clone()\n",
+                       "mlm_loss": "def mlm_loss(logits, labels):\n    return logits.mean() * 0\n"},
+            "deleted": "test_mask_tokens",
+            "emptied": "test_mlm_loss",
+        },
+    },
 }
 
 
