@@ -140,32 +140,29 @@ def cross_without_mask(x, memory, memory_mask, c_q, c_kv, c_proj, n_head):
     return cross_attention(x, memory, torch.ones_like(memory_mask), c_q, c_kv, c_proj, n_head)
 
 
-def cross_swapped_kv(x, memory, memory_mask, c_q, c_kv, c_proj, n_head):
-    B, T_q, C = x.shape
-    T_k, hs = memory.shape[1], C // n_head
-    q = c_q(x).view(B, T_q, n_head, hs).transpose(1, 2)
-    v, k = (t.view(B, T_k, n_head, hs).transpose(1, 2) for t in c_kv(memory).split(C, dim=-1))
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=memory_mask.bool()[:, None, None, :])
-    return c_proj(y.transpose(1, 2).reshape(B, T_q, C))
-
-
-def cross_causal(x, memory, memory_mask, c_q, c_kv, c_proj, n_head):
+def _cross_variant(x, memory, c_q, c_kv, c_proj, n_head, mask, swap_kv=False):
+    """Cross-attention with a given (wrong) mask, or keys and values swapped."""
     B, T_q, C = x.shape
     T_k, hs = memory.shape[1], C // n_head
     q = c_q(x).view(B, T_q, n_head, hs).transpose(1, 2)
     k, v = (t.view(B, T_k, n_head, hs).transpose(1, 2) for t in c_kv(memory).split(C, dim=-1))
-    mask = memory_mask.bool()[:, None, None, :] & torch.ones(T_q, T_k, dtype=torch.bool).tril()
+    if swap_kv:
+        k, v = v, k
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return c_proj(y.transpose(1, 2).reshape(B, T_q, C))
 
 
+def cross_swapped_kv(x, memory, memory_mask, c_q, c_kv, c_proj, n_head):
+    return _cross_variant(x, memory, c_q, c_kv, c_proj, n_head, memory_mask.bool()[:, None, None, :], swap_kv=True)
+
+
+def cross_causal(x, memory, memory_mask, c_q, c_kv, c_proj, n_head):
+    causal = torch.ones(x.shape[1], memory.shape[1], dtype=torch.bool).tril()
+    return _cross_variant(x, memory, c_q, c_kv, c_proj, n_head, memory_mask.bool()[:, None, None, :] & causal)
+
+
 def cross_query_mask(x, memory, memory_mask, c_q, c_kv, c_proj, n_head):
-    B, T_q, C = x.shape
-    T_k, hs = memory.shape[1], C // n_head
-    q = c_q(x).view(B, T_q, n_head, hs).transpose(1, 2)
-    k, v = (t.view(B, T_k, n_head, hs).transpose(1, 2) for t in c_kv(memory).split(C, dim=-1))
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=memory_mask.bool()[:, None, :, None])
-    return c_proj(y.transpose(1, 2).reshape(B, T_q, C))
+    return _cross_variant(x, memory, c_q, c_kv, c_proj, n_head, memory_mask.bool()[:, None, :, None])
 
 
 c = check.ch06

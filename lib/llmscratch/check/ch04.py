@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ..gpt import GPT, GPTConfig
 from ..gpt import top_k_filter as reference_top_k
 from ..gpt import top_p_filter as reference_top_p
-from .core import CheckFailed, differs, exercise, expect, expect_tensor, seeded
+from .core import CheckFailed, differs, exercise, expect, expect_tensor, randomise, seeded
 
 TINY = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
@@ -66,13 +66,7 @@ def _model(seed, config=TINY):
     embeddings too), so that an answer that leaves one out, or uses one in place of another, shows."""
     with seeded(seed):
         model = GPT(config).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            for name, p in module.named_parameters(recurse=False):
-                gain = 1.0 if isinstance(module, nn.LayerNorm) and name == "weight" else 0.0
-                p.copy_(gain + 0.3 * torch.randn(p.shape, generator=g))
-    return model
+    return randomise(model, seed)
 
 
 def _plain_norm(h):

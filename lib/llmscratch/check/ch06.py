@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..attention import CrossAttention, causal_mask, padding_mask
 from ..bert import BertConfig, BertLayer
-from .core import CheckFailed, differs, exercise, expect, expect_tensor, seeded
+from .core import CheckFailed, differs, exercise, expect, expect_tensor, randomise, seeded
 
 TINY = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
                   max_position_embeddings=32, dropout=0.0)
@@ -22,15 +22,7 @@ def _close(got, wrong, atol=1e-4):
 
 
 def _randomised(module, seed):
-    """Every parameter random (LayerNorm gains near 1), so that leaving one out, or using one in place
-    of another, shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for sub in module.modules():
-            for name, p in sub.named_parameters(recurse=False):
-                gain = 1.0 if isinstance(sub, nn.LayerNorm) and name == "weight" else 0.0
-                p.copy_(gain + 0.3 * torch.randn(p.shape, generator=g))
-    return module.eval()
+    return randomise(module, seed).eval()
 
 
 def _padded_batch(g, B, T, C):

@@ -4,6 +4,7 @@ import contextlib
 import functools
 
 import torch
+import torch.nn as nn
 
 
 class CheckFailed(AssertionError):
@@ -61,3 +62,15 @@ def expect_tensor(got, expected: torch.Tensor, what: str, atol: float = 1e-6, rt
         raise CheckFailed(f"{what}: values differ by up to {diff.max().item():.3g} (tolerance "
                           f"atol={atol}, rtol={rtol}); at index {where} expected "
                           f"{expected64[where].item():.6g}, got {got64[where].item():.6g}")
+
+
+def randomise(module, seed: int):
+    """Every parameter of `module` random (LayerNorm gains near 1, biases and embeddings too), so that an
+    answer that leaves one out, or uses one in place of another, shows. Returns the module."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for sub in module.modules():
+            for name, p in sub.named_parameters(recurse=False):
+                gain = 1.0 if isinstance(sub, nn.LayerNorm) and name == "weight" else 0.0
+                p.copy_(gain + 0.3 * torch.randn(p.shape, generator=g))
+    return module
