@@ -75,6 +75,16 @@ def layer_pre_ln(x, attention_mask, layer):
     return x + layer.output(F.gelu(layer.intermediate(layer.output_norm(x))))
 
 
+def layer_float_mask(x, attention_mask, layer):
+    x = layer.attention_norm(x + layer.attention(x, attention_mask.float()[:, None, None, :]))
+    return layer.output_norm(x + layer.output(F.gelu(layer.intermediate(x))))
+
+
+def layer_int_mask(x, attention_mask, layer):
+    x = layer.attention_norm(x + layer.attention(x, attention_mask[:, None, None, :]))
+    return layer.output_norm(x + layer.output(F.gelu(layer.intermediate(x))))
+
+
 def layer_tanh_gelu(x, attention_mask, layer):
     x = layer.attention_norm(x + layer.attention(x, attention_mask.bool()[:, None, None, :]))
     return layer.output_norm(x + layer.output(F.gelu(layer.intermediate(x), approximate="tanh")))
@@ -140,6 +150,19 @@ def cross_without_mask(x, memory, memory_mask, c_q, c_kv, c_proj, n_head):
     return cross_attention(x, memory, torch.ones_like(memory_mask), c_q, c_kv, c_proj, n_head)
 
 
+def mean_pool_without_keepdim(hidden, attention_mask):
+    return (hidden * attention_mask[..., None]).sum(1) / attention_mask.sum(1)
+
+
+def cross_merge_without_transpose(x, memory, memory_mask, c_q, c_kv, c_proj, n_head):
+    B, T_q, C = x.shape
+    T_k, hs = memory.shape[1], C // n_head
+    q = c_q(x).view(B, T_q, n_head, hs).transpose(1, 2)
+    k, v = (t.view(B, T_k, n_head, hs).transpose(1, 2) for t in c_kv(memory).split(C, dim=-1))
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=memory_mask.bool()[:, None, None, :])
+    return c_proj(y.reshape(B, T_q, C))
+
+
 def _cross_variant(x, memory, c_q, c_kv, c_proj, n_head, mask, swap_kv=False):
     """Cross-attention with a given (wrong) mask, or keys and values swapped."""
     B, T_q, C = x.shape
@@ -174,6 +197,8 @@ MISTAKES = [
     (c.encoder_layer, layer_query_mask, "blocks queries instead of keys"),
     (c.encoder_layer, layer_pre_ln, "this is pre-LN"),
     (c.encoder_layer, layer_tanh_gelu, "tanh approximation"),
+    (c.encoder_layer, layer_float_mask, "a float mask is ADDED"),
+    (c.encoder_layer, layer_int_mask, "attention rejected the mask.*boolean mask"),
     (c.encoder_layer, lambda x, am, layer: encoder_layer(x, torch.ones_like(am), layer), "padding mask was not used"),
     (c.encoder_layer, layer_calls_the_oracle, "build the layer from its parts"),
     (c.mask_tokens, masks_specials_too, "special tokens or padding were selected"),
@@ -188,8 +213,10 @@ MISTAKES = [
     (c.mlm_loss, loss_calls_the_oracle, "F.cross_entropy is the oracle"),
     (c.mean_pool, lambda hidden, am: hidden.mean(1), "padding was averaged in"),
     (c.mean_pool, lambda hidden, am: (hidden * am[..., None]).sum(1) / hidden.shape[1], "divided by T"),
+    (c.mean_pool, mean_pool_without_keepdim, "keepdim=True"),
     (c.cross_attention, cross_without_mask, "padding mask was not used"),
     (c.cross_attention, cross_swapped_kv, "swapped"),
+    (c.cross_attention, cross_merge_without_transpose, "merged without the transpose back"),
     (c.cross_attention, cross_causal, "causal mask"),
     (c.cross_attention, cross_query_mask, "the mask \\(B, 1, 1, T_k\\) covers the keys"),
 ]

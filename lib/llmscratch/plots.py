@@ -28,8 +28,8 @@ def loss_curve(curves: dict, xlabel: str = "step", ylabel: str = "loss (nats / t
 
 def heatmap(matrix, row_labels=None, col_labels=None, title: str | None = None, cmap: str = "Blues",
             xlabel: str | None = None, ylabel: str | None = None, annotate: bool = False,
-            colorbar: bool = True, vmin=None, vmax=None, ax=None):
-    """A matrix as an image, optionally labelled and annotated; vmin/vmax share a colour scale."""
+            colorbar: bool = True, vmin=None, vmax=None, fmt: str = ".3g", ax=None):
+    """A matrix as an image, optionally labelled and annotated (numbers in `fmt`); vmin/vmax share a colour scale."""
     matrix = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix, dtype=float)
     with plt.rc_context({**STYLE, "axes.grid": False}):
         if ax is None:
@@ -44,7 +44,7 @@ def heatmap(matrix, row_labels=None, col_labels=None, title: str | None = None, 
         if annotate:
             threshold = matrix.max() / 2
             for (i, j), value in np.ndenumerate(matrix):
-                ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7,
                         color="white" if value > threshold else "black")
         if colorbar:
             ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)

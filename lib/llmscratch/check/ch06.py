@@ -58,6 +58,8 @@ def _layer_mistakes(layer, x, attention_mask):
             pre + layer.output(F.gelu(layer.intermediate(layer.output_norm(pre)))),
         "the residual connections are missing: add each branch to its input before normalising, "
         "attention_norm(x + attention(x, mask))": layer.output_norm(ffn(layer.attention_norm(attn(x, keys)))),
+        "the mask is a float tensor, and a float mask is ADDED to the scores (0 or +1 here), so nothing is hidden: "
+        "pass a boolean mask, attention_mask.bool()[:, None, None, :]": post_ln(keys.float()),
         "the GELU is the tanh approximation (GPT-2's); BERT uses the exact one, F.gelu(h)":
             post_ln(act=lambda h: F.gelu(h, approximate="tanh")),
         "the feed-forward branch read the layer's input x: it reads the output of the attention sub-layer":
@@ -83,6 +85,12 @@ def encoder_layer(fn):
         original, BertLayer.forward = BertLayer.forward, _forbid_layer_forward
         try:
             got = fn(x, attention_mask, layer)
+        except RuntimeError as err:
+            if "dtype" not in str(err):
+                raise
+            raise CheckFailed(f"the attention rejected the mask ({str(err).split(chr(10))[0][:120]}): attention_mask is "
+                              "int64 (1 = real token); turn it into a boolean mask of the keys, "
+                              "attention_mask.bool()[:, None, None, :]") from err
         finally:
             BertLayer.forward = original
         what = f"encoder_layer(x {tuple(x.shape)}, attention_mask {tuple(attention_mask.shape)}, layer)"
@@ -228,13 +236,20 @@ def mean_pool(fn):
         hidden = hidden + 10 * (1 - attention_mask[..., None])            # padding holds large garbage
         m = attention_mask[..., None].float()
         expected = (hidden * m).sum(1) / m.sum(1)
-        got = fn(hidden, attention_mask)
         what = f"mean_pool(hidden {(B, T, C)}, attention_mask with lengths {attention_mask.sum(1).tolist()})"
+        try:
+            got = fn(hidden, attention_mask)
+        except RuntimeError as err:
+            if "must match" not in str(err):
+                raise
+            raise CheckFailed(f"{what} raised RuntimeError: {str(err).split(chr(10))[0]}. The sum over time is (B, C) "
+                              "and attention_mask.sum(1) is (B,): keep the time axis as a 1 to divide row by row, "
+                              "attention_mask.sum(1, keepdim=True)") from err
         if differs(got, expected, atol=1e-5):
             mistakes = {"padding was averaged in: sum the hidden states of real tokens only (multiply by the mask) "
-                        "and divide by their number, attention_mask.sum(1)": hidden.mean(1),
+                        "and divide by their number, attention_mask.sum(1, keepdim=True)": hidden.mean(1),
                         "the sum of the real tokens was divided by T (padding counted): divide by the number of "
-                        "real tokens, attention_mask.sum(1)": (hidden * m).sum(1) / T,
+                        "real tokens, attention_mask.sum(1, keepdim=True)": (hidden * m).sum(1) / T,
                         "the real tokens are summed, not averaged: divide by their number": (hidden * m).sum(1)}
             for mistake, wrong in mistakes.items():
                 expect(not _close(got, wrong, atol=1e-5), f"{what}: {mistake}")
@@ -257,6 +272,9 @@ def _cross_mistakes(ca, x, memory, memory_mask):
            "the scores are not scaled by 1/sqrt(head size)": merge(
                (q @ k.transpose(-2, -1)).masked_fill(~keys, float("-inf")).softmax(-1) @ v)}
     k_swapped, v_swapped = (heads(t) for t in ca.c_kv(memory).split(C, dim=-1)[::-1])
+    out["the heads were merged without the transpose back: y is (B, nh, T_q, hs); y.transpose(1, 2) to "
+        "(B, T_q, nh, hs) first, then reshape(B, T_q, C)"] = ca.c_proj(
+            F.scaled_dot_product_attention(q, k, v, keys).reshape(B, T_q, C))
     out["keys and values are swapped: c_kv(memory) splits into keys first, then values"] = merge(
         F.scaled_dot_product_attention(q, k_swapped, v_swapped, keys))
     if memory.shape[1] >= T_q:
