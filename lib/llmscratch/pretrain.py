@@ -54,7 +54,7 @@ BERT_PRESETS = {
                  block_size=64, batch_size=8, accum=1, steps=20, warmup=5, lr=3e-3, dropout=0.0, eval_every=10,
                  eval_batches=2),                                                              # tests: seconds
     "quick": dict(vocab_size=2000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
-                  block_size=128, batch_size=16, accum=1, steps=150, warmup=15, lr=2e-3, dropout=0.0, eval_every=50,
+                  block_size=128, batch_size=16, accum=1, steps=60, warmup=10, lr=1e-3, dropout=0.0, eval_every=20,
                   eval_batches=10),                                                            # validates notebooks
     "cpu": dict(vocab_size=3000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
                 block_size=128, batch_size=32, accum=1, steps=400, warmup=40, lr=1e-3, dropout=0.0, eval_every=100,
