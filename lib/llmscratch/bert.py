@@ -444,6 +444,10 @@ def load_minilm(device=None):
 
 
 # ---- a trained BERT, saved for others to start from ---------------------------------------------------
+# The course's own Chinese BERT, made by `python -m llmscratch.pretrain --model bert --preset long --export ...`.
+CHINESE_BERT = Path(__file__).parent / "weights" / "bert-zh"
+
+
 def save_mlm(model: BertForMaskedLM, vocab_file, folder, info: dict | None = None) -> Path:
     """A trained BertForMaskedLM for others to start from: its weights in fp16 safetensors (half the size;
     the tied decoder weight is stored once, as the word embeddings), config.json, the vocab.txt of its
@@ -463,9 +467,10 @@ def save_mlm(model: BertForMaskedLM, vocab_file, folder, info: dict | None = Non
     return folder
 
 
-def load_mlm(folder, device=None):
-    """(BertForMaskedLM in fp32, WordPieceTokenizer) from a folder written by save_mlm (e.g. by
-    `python -m llmscratch.pretrain --model bert --preset gpu --export FOLDER`). Safetensors only."""
+def load_mlm(folder=CHINESE_BERT, device=None):
+    """(BertForMaskedLM in fp32, WordPieceTokenizer) from a folder written by save_mlm; by default the course's
+    Chinese BERT (4 layers, width 128, 3,000 tokens, context 64), pretrained on the People's Daily for 6,000
+    steps on a CPU. Safetensors only."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -475,7 +480,7 @@ def load_mlm(folder, device=None):
     missing = [f for f in ("model.safetensors", "config.json", "vocab.txt") if not (folder / f).exists()]
     if missing:
         raise FileNotFoundError(f"{folder} holds no saved BERT: missing {', '.join(missing)}. Make one with "
-                                "`python -m llmscratch.pretrain --model bert --preset gpu --export FOLDER`")
+                                "`python -m llmscratch.pretrain --model bert --preset long --export FOLDER`")
     model = BertForMaskedLM(BertConfig(**json.loads((folder / "config.json").read_text())))
     try:
         state = load_file(folder / "model.safetensors")

@@ -59,6 +59,9 @@ BERT_PRESETS = {
     "cpu": dict(vocab_size=3000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
                 block_size=128, batch_size=32, accum=1, steps=400, warmup=40, lr=1e-3, dropout=0.0, eval_every=100,
                 eval_batches=10),                                                              # ~2 min on 2 cores
+    "long": dict(vocab_size=3000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
+                 block_size=64, batch_size=64, accum=1, steps=6000, warmup=300, lr=1e-3, dropout=0.0, eval_every=500,
+                 eval_batches=10),  # ~30 min on 2 cores: leaves the unigram plateau after ~2,500 steps
     "gpu": dict(vocab_size=6000, hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536,
                 block_size=256, batch_size=128, accum=1, steps=5000, warmup=250, lr=5e-4, dropout=0.1,
                 eval_every=500, eval_batches=20),                                              # minutes on a GPU
