@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ..gpt import GPT, GPTConfig
 from ..gpt import top_k_filter as reference_top_k
 from ..gpt import top_p_filter as reference_top_p
-from .core import CheckFailed, differs, exercise, expect, expect_tensor, randomise, seeded
+from .core import CheckFailed, differs, exercise, expect, expect_tensor, explain_runtime_error, randomise, seeded
 
 TINY = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
@@ -290,14 +290,10 @@ def top_p_filter(fn):
 
 # ---- attend_with_cache ----------------------------------------------------------------------------
 def _cache_step(fn, q, k, v, k_cache, v_cache, t):
-    try:
+    with explain_runtime_error("Sizes of tensors must match", lambda error: f"step {t} (a cache of {t} positions) "
+                               f"raised RuntimeError: {error.rstrip('.')}. The caches are (B, nh, time, hs): append "
+                               "the new key and value along the time dimension, torch.cat((k_cache, k_new), dim=2)"):
         return fn(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], k_cache, v_cache)
-    except RuntimeError as err:
-        if "Sizes of tensors must match" not in str(err):
-            raise
-        raise CheckFailed(f"step {t} (a cache of {t} positions) raised RuntimeError: {str(err).rstrip('.')}. The "
-                          "caches are (B, nh, time, hs): append the new key and value along the time dimension, "
-                          "torch.cat((k_cache, k_new), dim=2)") from err
 
 
 @exercise("attend_with_cache")

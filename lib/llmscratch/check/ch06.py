@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..attention import CrossAttention, causal_mask, padding_mask
 from ..bert import BertConfig, BertLayer
-from .core import CheckFailed, differs, exercise, expect, expect_tensor, randomise, seeded
+from .core import CheckFailed, differs, exercise, expect, expect_tensor, explain_runtime_error, randomise, seeded
 
 TINY = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
                   max_position_embeddings=32, dropout=0.0)
@@ -84,13 +84,10 @@ def encoder_layer(fn):
             expected = layer(x, padding_mask(attention_mask))
         original, BertLayer.forward = BertLayer.forward, _forbid_layer_forward
         try:
-            got = fn(x, attention_mask, layer)
-        except RuntimeError as err:
-            if "dtype" not in str(err):
-                raise
-            raise CheckFailed(f"the attention rejected the mask ({str(err).split(chr(10))[0][:120]}): attention_mask is "
-                              "int64 (1 = real token); turn it into a boolean mask of the keys, "
-                              "attention_mask.bool()[:, None, None, :]") from err
+            with explain_runtime_error("dtype", lambda error: f"the attention rejected the mask ({error[:120]}): "
+                                       "attention_mask is int64 (1 = real token); turn it into a boolean mask of the "
+                                       "keys, attention_mask.bool()[:, None, None, :]"):
+                got = fn(x, attention_mask, layer)
         finally:
             BertLayer.forward = original
         what = f"encoder_layer(x {tuple(x.shape)}, attention_mask {tuple(attention_mask.shape)}, layer)"
@@ -237,14 +234,10 @@ def mean_pool(fn):
         m = attention_mask[..., None].float()
         expected = (hidden * m).sum(1) / m.sum(1)
         what = f"mean_pool(hidden {(B, T, C)}, attention_mask with lengths {attention_mask.sum(1).tolist()})"
-        try:
+        with explain_runtime_error("must match", lambda error: f"{what} raised RuntimeError: {error}. The sum over "
+                                   "time is (B, C) and attention_mask.sum(1) is (B,): keep the time axis as a 1 to "
+                                   "divide row by row, attention_mask.sum(1, keepdim=True)"):
             got = fn(hidden, attention_mask)
-        except RuntimeError as err:
-            if "must match" not in str(err):
-                raise
-            raise CheckFailed(f"{what} raised RuntimeError: {str(err).split(chr(10))[0]}. The sum over time is (B, C) "
-                              "and attention_mask.sum(1) is (B,): keep the time axis as a 1 to divide row by row, "
-                              "attention_mask.sum(1, keepdim=True)") from err
         if differs(got, expected, atol=1e-5):
             mistakes = {"padding was averaged in: sum the hidden states of real tokens only (multiply by the mask) "
                         "and divide by their number, attention_mask.sum(1, keepdim=True)": hidden.mean(1),

@@ -74,3 +74,15 @@ def randomise(module, seed: int):
                 gain = 1.0 if isinstance(sub, nn.LayerNorm) and name == "weight" else 0.0
                 p.copy_(gain + 0.3 * torch.randn(p.shape, generator=g))
     return module
+
+
+@contextlib.contextmanager
+def explain_runtime_error(marker: str, advice):
+    """Turn a RuntimeError whose text contains `marker` (a typical mistake's crash) into CheckFailed with
+    advice(first line of the error); any other error passes unchanged."""
+    try:
+        yield
+    except RuntimeError as err:
+        if marker not in str(err):
+            raise
+        raise CheckFailed(advice(str(err).split("\n")[0])) from err
