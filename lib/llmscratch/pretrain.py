@@ -80,9 +80,14 @@ def peak_flops(device) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
+def training_flops_per_token(n_params: int, n_layer: int, width: int, T: int) -> float:
+    """Training FLOPs per token of a transformer: 6 per parameter (forward + backward) plus attention's 12·L·C·T."""
+    return 6 * n_params + 12 * n_layer * width * T
+
+
 def flops_per_token(config: GPTConfig, n_params: int) -> float:
-    """Training FLOPs per token: 6 per parameter (forward + backward) plus attention's 12·L·C·T."""
-    return 6 * n_params + 12 * config.n_layer * config.n_embd * config.block_size
+    """training_flops_per_token of the GPT."""
+    return training_flops_per_token(n_params, config.n_layer, config.n_embd, config.block_size)
 
 
 SAMPLE_PROMPT = "The \"for\" statement"
@@ -244,21 +249,20 @@ def bert_task(p: dict, data_dir: Path, device) -> Task:
                         dropout=p["dropout"], add_pooling_layer=False)
     model = BertForMaskedLM(config).to(device)
     special_ids = sorted(tokenizer.special_tokens.values())
+    mask_id = tokenizer.special_tokens[tokenizer.mask_token]
 
     def batch(tokens, generator):
-        return mlm_batch(tokens, p["batch_size"], p["block_size"], tokenizer.cls_id, tokenizer.sep_id,
-                         tokenizer.special_tokens[tokenizer.mask_token], tokenizer.vocab_size, special_ids,
-                         generator, device)
+        return mlm_batch(tokens, p["batch_size"], p["block_size"], tokenizer.cls_id, tokenizer.sep_id, mask_id,
+                         tokenizer.vocab_size, special_ids, generator, device)
 
     def report(model, val_batches):  # accuracy at the [MASK]ed positions: what the context tells
-        mask_id = tokenizer.special_tokens[tokenizer.mask_token]
         accuracy, baseline = mlm_accuracy(model, val_batches, mask_id), unigram_accuracy(val_batches, mask_id)
         filled = fill_mask(model, tokenizer, FILL_MASK_TEXT, device)
         return ({"val_accuracy": accuracy, "val_unigram_accuracy": baseline, "fill_mask": filled},
                 f"accuracy at [MASK] {accuracy:.1%} (most frequent token {baseline:.1%}) | {filled}")
 
     n_params = parameter_count(model)
-    flops = 6 * n_params + 12 * config.num_hidden_layers * config.hidden_size * p["block_size"]  # as flops_per_token
+    flops = training_flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, p["block_size"])
     return Task(model, config, batch, report, p["block_size"], n_params, flops)
 
 
