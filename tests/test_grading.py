@@ -122,6 +122,22 @@ CASES = {
             "emptied": "test_mlm_loss",
         },
     },
+    "07_classification": {
+        # Mean pooling that averages the padding in, in the classification head.
+        "mistake": ("classification_head",
+                    "def classification_head(hidden, attention_mask, classifier, dropout, labels=None):\n"
+                    "    logits = classifier(dropout(hidden.mean(dim=1)))\n"
+                    "    return logits, F.cross_entropy(logits, labels) if labels is not None else None\n",
+                    {"test_classification_head"}),
+        "tamper": {
+            "broken": {"predict_batched": "def predict_batched(model, rows, batch_size=64, pad_id=0):\n"
+                                          "    return [0] * len(rows)\n",
+                       "fine_tune_step": "def fine_tune_step(model, optimizer, batch, labels, lr, grad_clip=1.0):\n"
+                                         "    return 0.0\n"},
+            "deleted": "test_predict_batched",
+            "emptied": "test_fine_tune_step",
+        },
+    },
 }
 
 

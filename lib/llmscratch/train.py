@@ -67,14 +67,25 @@ def configure_optimizer(model, lr: float, weight_decay: float = 0.1, betas=(0.9,
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
-def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
-    """Linear warmup from 0 to max_lr over warmup_steps, then cosine decay to min_lr at total_steps."""
+def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0,
+          decay: str = "cosine") -> float:
+    """Linear warmup from 0 to max_lr over warmup_steps, then decay to min_lr at total_steps: cosine
+    (pretraining, chapter 05) or linear (BERT's fine-tuning recipe, chapter 07)."""
+    if decay not in ("cosine", "linear"):
+        raise ValueError(f"decay must be 'cosine' or 'linear', got {decay!r}")
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= total_steps:
         return min_lr
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1 - progress
+    return min_lr + (max_lr - min_lr) * shape
+
+
+def model_loss(model, x, y):
+    """The loss of one (x, y) batch: model(x, y), or model(**x, labels=y) when x is a dict of inputs (a
+    tokenizer's input_ids and attention_mask, chapter 07's classifier)."""
+    return model(**x, labels=y)[1] if isinstance(x, dict) else model(x, y)[1]
 
 
 def train_step(model, optimizer, micro_batches, grad_clip: float | None = 1.0, autocast_dtype=None) -> dict:
@@ -91,10 +102,11 @@ def train_step(model, optimizer, micro_batches, grad_clip: float | None = 1.0, a
         sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
         with sync:
             with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                _, loss = model(x, y)
+                loss = model_loss(model, x, y)
             (loss / len(micro_batches)).backward()
         total += loss.detach()  # stays on the device: reading it every micro-batch would stall a GPU
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip else float("inf"))
+    trainable = [p for p in model.parameters() if p.requires_grad]  # a frozen encoder has no gradient
+    norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip if grad_clip else float("inf"))
     loss, norm = torch.stack([total / len(micro_batches), norm.float()]).tolist()  # one host sync per step
     if not math.isfinite(loss):
         raise FloatingPointError(f"the loss became {loss}: lower the learning rate, check the data, "
@@ -108,7 +120,7 @@ def evaluate(model, batches) -> dict:
     """Mean loss over a fixed list of (x, y) batches, and its perplexity."""
     was_training = model.training
     model.eval()
-    losses = [model(x, y)[1].item() for x, y in batches]
+    losses = [model_loss(model, x, y).item() for x, y in batches]
     model.train(was_training)
     loss = sum(losses) / len(losses)
     return {"loss": loss, "perplexity": math.exp(loss)}

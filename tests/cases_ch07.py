@@ -1,0 +1,255 @@
+"""Chapter 07 answers for the self-check tests (test_checks.py): correct ones and typical mistakes."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llmscratch import check
+from llmscratch.classify import pad_batch
+
+
+# ---- correct answers (the notebook's solutions) -----------------------------------------------------
+def precision_recall_f1(y_true, y_pred, average="binary", pos_label=1):
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+
+    def scores(c):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+    if average == "binary":
+        return scores(pos_label)
+    per_class = [scores(c) for c in np.unique(np.concatenate([y_true, y_pred]))]
+    return tuple(float(np.mean([s[i] for s in per_class])) for i in range(3))
+
+
+def classification_head(hidden, attention_mask, classifier, dropout, labels=None):
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)                     # (B, T, 1)
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)                # (B, C)
+    logits = classifier(dropout(pooled))                                   # (B, K)
+    loss = F.cross_entropy(logits, labels) if labels is not None else None
+    return logits, loss
+
+
+def fine_tune_step(model, optimizer, batch, labels, lr, grad_clip=1.0):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    _, loss = model(**batch, labels=labels)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
+def predict_batched(model, rows, batch_size=64, pad_id=0):
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            logits, _ = model(**pad_batch(rows[i:i + batch_size], pad_id))
+            out += logits.argmax(dim=-1).tolist()
+    model.train(was_training)
+    return out
+
+
+def compute_metrics(eval_pred):
+    logits, labels = eval_pred
+    preds = np.argmax(logits, axis=-1)
+    p, r, f1 = precision_recall_f1(labels, preds, "binary", 1)
+    return {"accuracy": float(np.mean(preds == labels)), "precision": p, "recall": r, "f1": f1,
+            "macro_f1": precision_recall_f1(labels, preds, "macro")[2]}
+
+
+# ---- typical mistakes -------------------------------------------------------------------------------
+def prf_ignores_pos_label(y_true, y_pred, average="binary", pos_label=1):
+    return precision_recall_f1(y_true, y_pred, average, 1 - pos_label if average == "binary" else pos_label)
+
+
+def prf_micro(y_true, y_pred, average="binary", pos_label=1):
+    if average == "binary":
+        return precision_recall_f1(y_true, y_pred, average, pos_label)
+    a = float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
+    return a, a, a
+
+
+def prf_f1_of_means(y_true, y_pred, average="binary", pos_label=1):
+    p, r, f1 = precision_recall_f1(y_true, y_pred, average, pos_label)
+    return (p, r, 2 * p * r / (p + r) if p + r else 0.0) if average == "macro" else (p, r, f1)
+
+
+def prf_divides_by_zero(y_true, y_pred, average="binary", pos_label=1):
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    tp = int(np.sum((y_pred == pos_label) & (y_true == pos_label)))
+    p = tp / int(np.sum(y_pred == pos_label))
+    r = tp / int(np.sum(y_true == pos_label))
+    return p, r, 2 * p * r / (p + r)
+
+
+def prf_nan(y_true, y_pred, average="binary", pos_label=1):
+    with np.errstate(all="ignore"):
+        y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+        tp = np.sum((y_pred == pos_label) & (y_true == pos_label))
+        p = np.float64(tp) / np.sum(y_pred == pos_label)
+        r = np.float64(tp) / np.sum(y_true == pos_label)
+        return p, r, 2 * p * r / (p + r)
+
+
+def prf_swapped(y_true, y_pred, average="binary", pos_label=1):
+    p, r, f1 = precision_recall_f1(y_true, y_pred, average, pos_label)
+    return r, p, f1
+
+
+def head_with_padding(hidden, attention_mask, classifier, dropout, labels=None):
+    return classification_head(hidden, torch.ones_like(attention_mask), classifier, dropout, labels)
+
+
+def head_cls(hidden, attention_mask, classifier, dropout, labels=None):
+    logits = classifier(dropout(hidden[:, 0]))
+    return logits, F.cross_entropy(logits, labels) if labels is not None else None
+
+
+def head_softmax_loss(hidden, attention_mask, classifier, dropout, labels=None):
+    logits, _ = classification_head(hidden, attention_mask, classifier, dropout, None)
+    return logits, F.cross_entropy(logits.softmax(-1), labels) if labels is not None else None
+
+
+def head_returns_probs(hidden, attention_mask, classifier, dropout, labels=None):
+    logits, loss = classification_head(hidden, attention_mask, classifier, dropout, labels)
+    return logits.softmax(-1), loss
+
+
+def head_without_dropout(hidden, attention_mask, classifier, dropout, labels=None):
+    return classification_head(hidden, attention_mask, classifier, lambda x: x, labels)
+
+
+def step_without_zero_grad(model, optimizer, batch, labels, lr, grad_clip=1.0):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    _, loss = model(**batch, labels=labels)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
+def step_without_clipping(model, optimizer, batch, labels, lr, grad_clip=1.0):
+    return fine_tune_step(model, optimizer, batch, labels, lr, float("inf"))
+
+
+def step_in_eval_mode(model, optimizer, batch, labels, lr, grad_clip=1.0):
+    loss = fine_tune_step(model, optimizer, batch, labels, lr, grad_clip)
+    model.eval()
+    return loss
+
+
+def step_without_mask(model, optimizer, batch, labels, lr, grad_clip=1.0):
+    return fine_tune_step(model, optimizer, {"input_ids": batch["input_ids"]}, labels, lr, grad_clip)
+
+
+def step_keeps_lr(model, optimizer, batch, labels, lr, grad_clip=1.0):
+    return fine_tune_step(model, optimizer, batch, labels, optimizer.param_groups[0]["lr"], grad_clip)
+
+
+def step_returns_tensor(model, optimizer, batch, labels, lr, grad_clip=1.0):
+    return torch.tensor(fine_tune_step(model, optimizer, batch, labels, lr, grad_clip))
+
+
+def predict_in_train_mode(model, rows, batch_size=64, pad_id=0):
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            out += model(**pad_batch(rows[i:i + batch_size], pad_id))[0].argmax(-1).tolist()
+    return out
+
+
+def predict_with_grad(model, rows, batch_size=64, pad_id=0):
+    was_training = model.training
+    model.eval()
+    out = [int(i) for b in range(0, len(rows), batch_size)
+           for i in model(**pad_batch(rows[b:b + batch_size], pad_id))[0].argmax(-1)]
+    model.train(was_training)
+    return out
+
+
+def predict_without_mask(model, rows, batch_size=64, pad_id=0):
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            out += model(pad_batch(rows[i:i + batch_size], pad_id)["input_ids"])[0].argmax(-1).tolist()
+    model.train(was_training)
+    return out
+
+
+def predict_argmax_wrong_axis(model, rows, batch_size=64, pad_id=0):
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            logits, _ = model(**pad_batch(rows[i:i + batch_size], pad_id))
+            out += logits.argmax(dim=0).tolist() * (len(logits) // 2) + [0] * (len(logits) % 2)
+    model.train(was_training)
+    return out
+
+
+def predict_leaves_eval(model, rows, batch_size=64, pad_id=0):
+    out = predict_batched(model, rows, batch_size, pad_id)
+    model.eval()
+    return out
+
+
+def metrics_argmax_axis0(eval_pred):
+    logits, labels = eval_pred
+    preds = np.argmax(logits, axis=0)                    # over the examples: 2 numbers, not one per example
+    p, r, f1 = precision_recall_f1(labels, preds, "binary", 1)
+    return {"accuracy": float(np.mean(preds == labels)), "precision": p, "recall": r, "f1": f1,
+            "macro_f1": precision_recall_f1(labels, preds, "macro")[2]}
+
+
+def metrics_class0(eval_pred):
+    logits, labels = eval_pred
+    scores = compute_metrics(eval_pred)
+    p, r, f1 = precision_recall_f1(labels, np.argmax(logits, -1), "binary", 0)
+    return {**scores, "precision": p, "recall": r, "f1": f1}
+
+
+c = check.ch07
+CORRECT = [(c.precision_recall_f1, precision_recall_f1), (c.classification_head, classification_head),
+           (c.fine_tune_step, fine_tune_step), (c.predict_batched, predict_batched),
+           (c.compute_metrics, compute_metrics)]
+
+MISTAKES = [
+    (c.precision_recall_f1, prf_ignores_pos_label, "scores of the other class"),
+    (c.precision_recall_f1, prf_micro, "micro averaging"),
+    (c.precision_recall_f1, prf_f1_of_means, "F1 of the mean precision and recall"),
+    (c.precision_recall_f1, prf_divides_by_zero, "divided by zero"),
+    (c.precision_recall_f1, prf_nan, "not finite"),
+    (c.precision_recall_f1, prf_swapped, "precision and recall swapped"),
+    (c.classification_head, head_with_padding, "padding was averaged in"),
+    (c.classification_head, head_cls, "first \\(\\[CLS\\]\\) state"),
+    (c.classification_head, head_softmax_loss, "cross-entropy of probabilities"),
+    (c.classification_head, head_returns_probs, "returned probabilities"),
+    (c.classification_head, head_without_dropout, "apply the dropout once"),
+    (c.fine_tune_step, step_without_zero_grad, "zero the gradients first"),
+    (c.fine_tune_step, step_without_clipping, "clip"),
+    (c.fine_tune_step, step_in_eval_mode, "training mode"),
+    (c.fine_tune_step, step_without_mask, "attention_mask"),
+    (c.fine_tune_step, step_keeps_lr, "learning rate of every parameter group"),
+    (c.fine_tune_step, step_returns_tensor, "Python float"),
+    (c.predict_batched, predict_in_train_mode, "model.eval\\(\\)"),
+    (c.predict_batched, predict_with_grad, "torch.no_grad"),
+    (c.predict_batched, predict_without_mask, "attention_mask"),
+    (c.predict_batched, predict_argmax_wrong_axis, "rows .* got labels|argmax"),
+    (c.predict_batched, predict_leaves_eval, "give the model back"),
+    (c.compute_metrics, metrics_argmax_axis0, "axis=-1"),
+    (c.compute_metrics, metrics_class0, "score of class 0"),
+]
