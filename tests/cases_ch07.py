@@ -178,27 +178,28 @@ def predict_with_grad(model, rows, batch_size=64, pad_id=0):
     return out
 
 
-def predict_without_mask(model, rows, batch_size=64, pad_id=0):
+def _predict_variant(model, rows, batch_size, pad_id, call, to_labels):
+    """predict_batched with the model call or the logits-to-labels step replaced (by a mistake)."""
     was_training = model.training
     model.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
-            out += model(pad_batch(rows[i:i + batch_size], pad_id)["input_ids"])[0].argmax(-1).tolist()
+            out += to_labels(call(model, pad_batch(rows[i:i + batch_size], pad_id)))
     model.train(was_training)
     return out
+
+
+def predict_without_mask(model, rows, batch_size=64, pad_id=0):
+    return _predict_variant(model, rows, batch_size, pad_id, call=lambda m, batch: m(batch["input_ids"])[0],
+                            to_labels=lambda logits: logits.argmax(-1).tolist())
 
 
 def predict_argmax_wrong_axis(model, rows, batch_size=64, pad_id=0):
-    was_training = model.training
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            logits, _ = model(**pad_batch(rows[i:i + batch_size], pad_id))
-            out += logits.argmax(dim=0).tolist() * (len(logits) // 2) + [0] * (len(logits) % 2)
-    model.train(was_training)
-    return out
+    # argmax over the batch: one index per class, repeated to fill the batch
+    return _predict_variant(model, rows, batch_size, pad_id, call=lambda m, batch: m(**batch)[0],
+                            to_labels=lambda logits: logits.argmax(dim=0).tolist() * (len(logits) // 2)
+                            + [0] * (len(logits) % 2))
 
 
 def predict_leaves_eval(model, rows, batch_size=64, pad_id=0):
