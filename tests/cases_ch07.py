@@ -105,6 +105,38 @@ def prf_swapped(y_true, y_pred, average="binary", pos_label=1):
     return r, p, f1
 
 
+def prf_macro_over_true(y_true, y_pred, average="binary", pos_label=1):
+    if average == "binary":
+        return precision_recall_f1(y_true, y_pred, average, pos_label)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    per_class = [precision_recall_f1(y_true, y_pred, "binary", c) for c in np.unique(y_true)]
+    return tuple(float(np.mean([s[i] for s in per_class])) for i in range(3))
+
+
+def prf_without_asarray(y_true, y_pred, average="binary", pos_label=1):
+    if isinstance(y_true, list):  # what the arithmetic on lists amounts to: y_pred == c is one False
+        return 0.0, 0.0, 0.0
+    return precision_recall_f1(y_true, y_pred, average, pos_label)
+
+
+def head_divides_by_T(hidden, attention_mask, classifier, dropout, labels=None):
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    logits = classifier(dropout((hidden * m).mean(dim=1)))
+    return logits, F.cross_entropy(logits, labels) if labels is not None else None
+
+
+def head_without_keepdim(hidden, attention_mask, classifier, dropout, labels=None):
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    logits = classifier(dropout((hidden * m).sum(1) / attention_mask.sum(1)))
+    return logits, F.cross_entropy(logits, labels) if labels is not None else None
+
+
+def head_dropout_after(hidden, attention_mask, classifier, dropout, labels=None):
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    logits = dropout(classifier((hidden * m).sum(1) / m.sum(1)))
+    return logits, F.cross_entropy(logits, labels) if labels is not None else None
+
+
 def head_with_padding(hidden, attention_mask, classifier, dropout, labels=None):
     return classification_head(hidden, torch.ones_like(attention_mask), classifier, dropout, labels)
 
@@ -141,6 +173,35 @@ def step_without_zero_grad(model, optimizer, batch, labels, lr, grad_clip=1.0):
 
 def step_without_clipping(model, optimizer, batch, labels, lr, grad_clip=1.0):
     return fine_tune_step(model, optimizer, batch, labels, lr, float("inf"))
+
+
+def step_clips_after(model, optimizer, batch, labels, lr, grad_clip=1.0):
+    loss = fine_tune_step(model, optimizer, batch, labels, lr, float("inf"))
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    return loss
+
+
+def step_clip_value(model, optimizer, batch, labels, lr, grad_clip=1.0):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    optimizer.zero_grad()
+    _, loss = model(**batch, labels=labels)
+    loss.backward()
+    torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
+def step_first_group_only(model, optimizer, batch, labels, lr, grad_clip=1.0):
+    optimizer.param_groups[0]["lr"] = lr            # the no-decay group keeps its old lr
+    model.train()
+    optimizer.zero_grad()
+    _, loss = model(**batch, labels=labels)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
 
 
 def step_in_eval_mode(model, optimizer, batch, labels, lr, grad_clip=1.0):
@@ -208,6 +269,16 @@ def predict_leaves_eval(model, rows, batch_size=64, pad_id=0):
     return out
 
 
+def predict_always_trains(model, rows, batch_size=64, pad_id=0):
+    out = predict_batched(model, rows, batch_size, pad_id)
+    model.train()
+    return out
+
+
+def predict_drops_last_batch(model, rows, batch_size=64, pad_id=0):
+    return predict_batched(model, rows[:len(rows) // batch_size * batch_size], batch_size, pad_id)
+
+
 def metrics_argmax_axis0(eval_pred):
     logits, labels = eval_pred
     preds = np.argmax(logits, axis=0)                    # over the examples: 2 numbers, not one per example
@@ -240,8 +311,8 @@ MISTAKES = [
     (c.classification_head, head_softmax_loss, "cross-entropy of probabilities"),
     (c.classification_head, head_returns_probs, "returned probabilities"),
     (c.classification_head, head_without_dropout, "apply the dropout once"),
-    (c.fine_tune_step, step_without_zero_grad, "zero the gradients first"),
-    (c.fine_tune_step, step_without_clipping, "clip"),
+    (c.fine_tune_step, step_without_zero_grad, "optimizer.zero_grad\\(\\) first"),
+    (c.fine_tune_step, step_without_clipping, "not clipped"),
     (c.fine_tune_step, step_in_eval_mode, "training mode"),
     (c.fine_tune_step, step_without_mask, "attention_mask"),
     (c.fine_tune_step, step_keeps_lr, "learning rate of every parameter group"),
@@ -250,7 +321,20 @@ MISTAKES = [
     (c.predict_batched, predict_with_grad, "torch.no_grad"),
     (c.predict_batched, predict_without_mask, "attention_mask"),
     (c.predict_batched, predict_argmax_wrong_axis, "rows .* got labels|argmax"),
+    (c.predict_batched, predict_drops_last_batch, "the last batch may be short"),
     (c.predict_batched, predict_leaves_eval, "give the model back"),
+    (c.predict_batched, predict_always_trains, "came back training"),
+    (c.predict_batched, lambda model, rows, batch_size=64, pad_id=0: torch.tensor(
+        predict_batched(model, rows, batch_size, pad_id)), "got a tensor"),
     (c.compute_metrics, metrics_argmax_axis0, "axis=-1"),
     (c.compute_metrics, metrics_class0, "score of class 0"),
+    (c.compute_metrics, lambda ep: {**compute_metrics(ep), "f1": compute_metrics(ep)["macro_f1"]}, "that is the macro F1"),
+    (c.precision_recall_f1, prf_macro_over_true, "classes of y_true only"),
+    (c.precision_recall_f1, prf_without_asarray, "np.asarray"),
+    (c.classification_head, head_divides_by_T, "divided by T"),
+    (c.classification_head, head_without_keepdim, "keepdim=True"),
+    (c.classification_head, head_dropout_after, "to the pooled vector, before the classifier"),
+    (c.fine_tune_step, step_clips_after, "clipping after it changes nothing"),
+    (c.fine_tune_step, step_clip_value, "clip_grad_value_"),
+    (c.fine_tune_step, step_first_group_only, "only the first parameter group"),
 ]

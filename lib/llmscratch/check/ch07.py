@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..bert import BertConfig, mean_pool
 from ..classify import BertForSequenceClassification, pad_batch
 from ..metrics import accuracy, classification_scores, precision_recall_f1 as reference_prf
-from .core import CheckFailed, exercise, expect, expect_tensor, randomise, seeded
+from .core import CheckFailed, exercise, expect, expect_tensor, explain_runtime_error, randomise, seeded
 
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                   max_position_embeddings=24, dropout=0.0)
@@ -23,6 +23,10 @@ def _cases(seed=7, n=60):
         y_true, y_pred = rng.integers(0, 2, size), rng.integers(0, 2, size)
         if i % 4 == 0:
             y_pred[:] = 0                               # a model that never predicts the positive class
+        if i % 4 == 1:
+            y_true[:] = 1                               # a class that only the predictions contain
+        if i % 3 == 0:
+            y_true, y_pred = y_true.tolist(), y_pred.tolist()   # plain lists, as anyone may pass
         yield y_true, y_pred
 
 
@@ -41,7 +45,8 @@ def precision_recall_f1(fn):
     n = 0
     for y_true, y_pred in _cases():
         for average, pos_label in (("binary", 1), ("binary", 0), ("macro", 1)):
-            what = f"precision_recall_f1(y_true={y_true.tolist()}, y_pred={y_pred.tolist()}, average={average!r}, " \
+            what = f"precision_recall_f1(y_true={np.asarray(y_true).tolist()}, y_pred={np.asarray(y_pred).tolist()}, " \
+                   f"average={average!r}, " \
                    f"pos_label={pos_label})"
             try:
                 got = _triple(fn(y_true, y_pred, average=average, pos_label=pos_label), what)
@@ -58,8 +63,15 @@ def precision_recall_f1(fn):
                 "micro averaging (pooled counts, which equal the accuracy): macro is the mean of the per-class "
                 "scores": reference_prf(y_true, y_pred, "micro"),
             }
+            if isinstance(y_true, list) and np.allclose(got, 0.0):
+                raise CheckFailed(f"{what}: got {got}, expected {list(expected)}: with plain lists, y_pred == c is one "
+                                  "False, not an array: start with y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)")
             if average == "macro":
                 p, r, _ = expected
+                only_true = np.unique(np.asarray(y_true))
+                hints["macro averaged over the classes of y_true only: a class that only the predictions contain "
+                      "counts too, average over np.unique(np.concatenate([y_true, y_pred]))"] = \
+                    tuple(np.mean([reference_prf(y_true, y_pred, "binary", c) for c in only_true.tolist()], axis=0))
                 hints["macro F1 computed as the F1 of the mean precision and recall: average the per-class F1s "
                       "instead"] = (p, r, 2 * p * r / (p + r) if p + r else 0.0)
                 hints["precision and recall swapped: precision divides by what was predicted (TP + FP), recall "
@@ -97,8 +109,12 @@ def classification_head(fn):
         with seeded(0):
             classifier = nn.Linear(C, K)
         dropout = _RecordingDropout()
-        got = fn(hidden, mask, classifier, dropout, labels)
         what = f"classification_head on a ({B}, {T}, {C}) batch with padding, {K} classes"
+        with explain_runtime_error("must match the size", lambda err: (
+                f"{what}: shapes did not fit ({err}): the count of real tokens must be (B, 1) to divide the (B, C) "
+                "sum (keepdim=True, or unsqueeze(-1)), and the dropout goes on the pooled (B, C) vector, before "
+                "classifier")):
+            got = fn(hidden, mask, classifier, dropout, labels)
         expect(isinstance(got, tuple) and len(got) == 2, f"{what}: return (logits, loss)")
         logits, loss = got
         pooled = mean_pool(hidden, mask)
@@ -108,6 +124,13 @@ def classification_head(fn):
                 if torch.allclose(logits, classifier(hidden.mean(1)), atol=1e-4):
                     raise CheckFailed(f"{what}: the padding was averaged in: sum the states of the real tokens "
                                       "(attention_mask 1) and divide by their count")
+                m = mask[..., None].float()
+                if torch.allclose(logits, classifier((hidden * m).sum(1) / T), atol=1e-4):
+                    raise CheckFailed(f"{what}: the masked sum was divided by T, the padded length: divide by the "
+                                      "number of real tokens of each row, m.sum(dim=1) (shape (B, 1))")
+                if torch.allclose(logits, classifier((hidden * m).sum(1)), atol=1e-4):
+                    raise CheckFailed(f"{what}: these are logits of the sum of the real tokens' states: divide it by "
+                                      "their number, m.sum(dim=1), to get the mean")
                 if torch.allclose(logits, classifier(hidden[:, 0]), atol=1e-4):
                     raise CheckFailed(f"{what}: these are the logits of the first ([CLS]) state; this head "
                                       "mean-pools the real tokens' states")
@@ -115,7 +138,8 @@ def classification_head(fn):
                     raise CheckFailed(f"{what}: the head returned probabilities; return the logits (the raw "
                                       "scores): F.cross_entropy applies the softmax itself")
         expect_tensor(logits, expected_logits, f"{what}: logits", atol=1e-4)
-        expect(len(dropout.inputs) == 1 and torch.allclose(dropout.inputs[0], pooled, atol=1e-4),
+        expect(len(dropout.inputs) == 1 and dropout.inputs[0].shape == pooled.shape
+               and torch.allclose(dropout.inputs[0], pooled, atol=1e-4),
                f"{what}: apply the dropout once, to the pooled vector, before the classifier")
         expect(torch.is_tensor(loss) and loss.dim() == 0, f"{what}: with labels, the loss must be a scalar tensor")
         double_softmax = F.cross_entropy(expected_logits.softmax(-1), labels)
@@ -131,16 +155,42 @@ def classification_head(fn):
 
 
 # ---- fine_tune_step ---------------------------------------------------------------------------------
-def _reference_step(model, optimizer, batch, labels, lr, grad_clip):
-    for group in optimizer.param_groups:
+def _step(model, optimizer, batch, labels, lr, grad_clip, mistake=None):
+    """The reference fine-tuning step, or the same step with one typical mistake."""
+    for group in optimizer.param_groups[:1] if mistake == "first group" else optimizer.param_groups:
         group["lr"] = lr
     model.train()
-    optimizer.zero_grad()
+    if mistake != "no zero_grad":
+        optimizer.zero_grad()
     _, loss = model(**batch, labels=labels)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if mistake == "clip by value":
+        torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
+    elif mistake != "no clipping":
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return loss.item()
+
+
+STEP_MISTAKES = {
+    "no zero_grad": "the gradients were not zeroed: they add up across steps, call optimizer.zero_grad() first",
+    "no clipping": "the gradient was not clipped before optimizer.step() (clipping after it changes nothing: the "
+                   "update is done): torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) between "
+                   "backward() and step()",
+    "clip by value": "each gradient entry was clipped (clip_grad_value_); the recipe clips the norm of all of them "
+                     "together, clip_grad_norm_, which keeps the gradient's direction",
+    "first group": "only the first parameter group got the new lr: set it in every group, for group in "
+                   "optimizer.param_groups (configure_optimizer makes two: with and without weight decay)",
+}
+
+
+def _two_groups(model):
+    """Decay and no-decay groups, as configure_optimizer makes, and an lr the step must replace. SGD, not AdamW:
+    Adam divides each gradient by its own running size, so that scaling (clipping) the first gradient would not
+    show in the weights; SGD's update is the gradient itself."""
+    params = list(model.parameters())
+    return torch.optim.SGD([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
+                            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=123.0)
 
 
 def _model(seed, dropout=0.0):
@@ -158,15 +208,18 @@ def _batch(g, B=6):
 @exercise("fine_tune_step")
 def fine_tune_step(fn):
     g = torch.Generator().manual_seed(4)
-    for seed, (lr, clip) in enumerate([(1e-2, 1.0), (3e-3, 0.05), (5e-2, 10.0)]):
+    for seed, (lr, clip) in enumerate([(3e-3, 0.05), (1e-2, 1.0), (5e-2, 10.0)]):
         ours, theirs = _model(seed), _model(seed)
-        opt_ours = torch.optim.AdamW(ours.parameters(), lr=123.0)       # lr set by the step, not here
-        opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=123.0)
+        variants = {name: _model(seed) for name in STEP_MISTAKES}       # each mistake, run beside the student
+        optimizers = {name: _two_groups(m) for name, m in variants.items()}
+        opt_ours, opt_theirs = _two_groups(ours), _two_groups(theirs)
         theirs.eval()                                                   # as predict() leaves it
         what = f"fine_tune_step(lr={lr}, grad_clip={clip})"
         for step in range(3):                                           # three steps: stale gradients would show
             batch, labels = _batch(g)
-            expected = _reference_step(ours, opt_ours, batch, labels, lr, clip)
+            expected = _step(ours, opt_ours, batch, labels, lr, clip)
+            for name, m in variants.items():
+                _step(m, optimizers[name], batch, labels, lr, clip, mistake=name)
             got = fn(theirs, opt_theirs, batch, labels, lr, clip)
             expect(isinstance(got, float), f"{what}: return the loss as a Python float (loss.item()), "
                                            f"got {type(got).__name__}")
@@ -174,17 +227,19 @@ def fine_tune_step(fn):
                                                f"{expected:.6f}, the loss of this batch before the update: call "
                                                "model(**batch, labels=labels), so that the attention_mask is used")
             expect(theirs.training, f"{what}: the model must be in training mode (model.train()): dropout on")
-            expect(all(group["lr"] == lr for group in opt_theirs.param_groups),
-                   f"{what}: set the learning rate of every parameter group to lr")
             diff = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), theirs.parameters()))
             if diff > 1e-5:
-                hint = ("a parameter was not updated as one AdamW step on this batch's loss would: zero the "
-                        "gradients first (gradients add up across steps), call backward() once, clip with "
-                        "torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) before optimizer.step(), "
-                        "and pass the attention_mask to the model")
-                raise CheckFailed(f"{what}, step {step + 1}: parameters differ from the reference by up to "
-                                  f"{diff:.3g}: {hint}")
-    return "3 runs of 3 steps: learning rate, train mode, zeroed gradients, clipping, masks"
+                for name, m in variants.items():
+                    if max((a - b).abs().max().item() for a, b in zip(m.parameters(), theirs.parameters())) < 1e-6:
+                        raise CheckFailed(f"{what}, step {step + 1}: {STEP_MISTAKES[name]}")
+                expect(all(group["lr"] == lr for group in opt_theirs.param_groups),
+                       f"{what}: set the learning rate of every parameter group to lr")
+                raise CheckFailed(f"{what}, step {step + 1}: parameters differ from the reference by up to {diff:.3g}: "
+                                  "one optimizer step on this batch's loss, after zero_grad() and with the gradient "
+                                  "norm clipped before optimizer.step(), gives other weights")
+            expect(all(group["lr"] == lr for group in opt_theirs.param_groups),
+                   f"{what}: set the learning rate of every parameter group to lr")
+    return "3 runs of 3 steps: learning rate of every group, train mode, zeroed gradients, clipping, masks"
 
 
 # ---- predict_batched ---------------------------------------------------------------------------------
@@ -207,9 +262,16 @@ def predict_batched(fn):
            "the model ran with autograd on: wrap prediction in torch.no_grad() (or inference_mode): it stores "
            "every activation for a backward pass that never comes")
     expect(all(masked for _, _, masked in seen), "pass the attention_mask to the model, or padding is attended to")
-    expect(len(seen) == 4, f"29 rows in batches of 8 are 4 calls of the model, got {len(seen)}")
+    expect(len(seen) == 4, f"29 rows in batches of 8 are 4 calls of the model (the last batch may be short: 5 "
+                           f"rows), got {len(seen)}")
     expect(model.training, "give the model back in the mode it was in (it was training): model.train(was_training)")
-    expect(isinstance(got, list) and len(got) == len(rows), f"return a list of {len(rows)} labels, one per row")
+    if torch.is_tensor(got):
+        raise CheckFailed(f"got a tensor of shape {tuple(got.shape)}: return a list of Python ints, one per row "
+                          "(.tolist() turns the argmax into one)")
+    expect(isinstance(got, list), f"return a list of {len(rows)} labels, got {type(got).__name__}")
+    expect(len(got) == len(rows), f"got {len(got)} labels for {len(rows)} rows: one per row, every row (the last "
+                                  "batch may be short); an argmax over dim=0 gives one per class instead of one per "
+                                  "row: take it over the classes, dim=-1")
     expect(all(isinstance(y, int) for y in got), "each label is a Python int (.tolist() gives them)")
     model.eval()
     with torch.no_grad():
@@ -220,6 +282,10 @@ def predict_batched(fn):
     expect(not wrong, f"rows {wrong[:5]} got labels {[got[i] for i in wrong[:5]]}, expected "
                       f"{[expected[i] for i in wrong[:5]]}: pad each batch (pad_batch), pass its attention_mask, "
                       "argmax over dim=-1, and keep the rows' order")
+    model.eval()
+    fn(model, rows[:5], batch_size=8)
+    expect(not model.training, "the model was in eval mode and came back training: restore the mode it was in, "
+                               "was_training = model.training first, model.train(was_training) at the end")
     return "eval mode, no autograd, masks, order kept, mode restored"
 
 
@@ -246,6 +312,8 @@ def compute_metrics(fn):
                 hint = ""
                 if key == "accuracy" and len(by_axis0) == 2:
                     hint = ": predictions are np.argmax(logits, axis=-1), one class per example"
+                elif key == "f1" and abs(g - expected["macro_f1"]) < 1e-6:
+                    hint = ": that is the macro F1; f1 is the binary F1 of class 1, the macro one goes under macro_f1"
                 elif key in ("precision", "recall", "f1") and abs(
                         g - classification_scores(labels, logits.argmax(-1), pos_label=0)[key]) < 1e-6:
                     hint = ": that is the score of class 0; the positive class is 1"
