@@ -1,19 +1,23 @@
-"""The grading round trip, for real: nbgrader generate_assignment and autograde on a throw-away course.
+"""The grading round trip, for real: nbgrader generate_assignment and autograde on a throw-away course per chapter.
 
 Four submissions per chapter: the solution (full marks), the untouched student notebook (zero,
 without crashing), one typical mistake (partial marks) and a student who broke two exercises and
 then deleted one test cell and emptied another (the original tests still run and catch both).
 """
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
+from llmscratch.env import available_cpus
 from tools.release import ROOT
 
 SOLUTION_BLOCK = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*\n", re.MULTILINE)
@@ -141,8 +145,15 @@ CASES = {
 }
 
 
-def nbgrader(*args, cwd):
-    result = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=cwd, capture_output=True, text=True)
+# Chapters are graded two at a time, each kernel on one torch thread: on two cores that halves the wall time, where
+# two kernels on two threads each would fight over the cores (5-30x slower).
+WORKERS = min(2, available_cpus())
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "LLMSCRATCH_THREADS": "1"}
+
+
+def nbgrader(*args, cwd, env=None):
+    result = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=cwd, capture_output=True, text=True,
+                            env=None if env is None else {**os.environ, **env})
     assert result.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -159,11 +170,10 @@ def with_answers(student_nb, answers):
     return nb
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
-def graded(request, tmp_path_factory):
-    """Generate, submit four notebooks and autograde them; returns (chapter, scores, max score, gradebook)."""
-    chapter = request.param
-    course = tmp_path_factory.mktemp("course")
+def grade_chapter(chapter, course):
+    """Generate the assignment, submit four notebooks and autograde them in one run; returns the gradebook's
+    path and the wall time."""
+    start = time.perf_counter()
     shutil.copy(ROOT / "nbgrader_config.py", course)
     shutil.copytree(ROOT / "solutions" / chapter, course / "solutions" / chapter)
     nbgrader("generate_assignment", chapter, "--force", cwd=course)
@@ -187,10 +197,30 @@ def graded(request, tmp_path_factory):
         folder = course / "grading" / "submitted" / name / chapter
         folder.mkdir(parents=True)
         nbformat.write(nb, folder / f"{chapter}.ipynb")
+    nbgrader("autograde", chapter, "--create", "--force", cwd=course, env=ONE_THREAD)
+    return course / "grading" / "gradebook.db", time.perf_counter() - start
 
-    nbgrader("autograde", chapter, "--create", "--force", cwd=course)
-    gradebook = Gradebook(f"sqlite:///{course / 'grading' / 'gradebook.db'}")
-    scores = {name: gradebook.find_submission(chapter, name).score for name in submissions}
+
+@pytest.fixture(scope="session")
+def gradebooks(request, tmp_path_factory):
+    """The chapters this session tests, graded WORKERS at a time: chapter -> gradebook path."""
+    chapters = sorted({item.callspec.params["graded"] for item in request.session.items
+                       if hasattr(item, "callspec") and "graded" in item.callspec.params})
+    with ThreadPoolExecutor(WORKERS) as pool:
+        futures = {c: pool.submit(grade_chapter, c, tmp_path_factory.mktemp(f"course-{c}")) for c in chapters}
+        done = {c: f.result() for c, f in futures.items()}
+    for chapter, (_, seconds) in done.items():
+        print(f"\n{chapter}: 4 submissions generated and autograded in {seconds:.0f} s")  # shown with `pytest -s`
+    return {c: path for c, (path, _) in done.items()}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def graded(request, gradebooks):
+    """One chapter's grades: (chapter, scores, max score, gradebook)."""
+    chapter = request.param
+    gradebook = Gradebook(f"sqlite:///{gradebooks[chapter]}")
+    names = ("solution", "untouched", "mistake", "tampered")
+    scores = {name: gradebook.find_submission(chapter, name).score for name in names}
     max_score = gradebook.find_assignment(chapter).max_score
     print(f"\n{chapter}: scores out of {max_score}: {scores}")  # shown with `pytest -s`
     yield chapter, scores, max_score, gradebook
