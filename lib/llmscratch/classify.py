@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .bert import BertConfig, BertForMaskedLM, BertModel, config_from_hf, copy_into_hf, hf_config, hf_tensor, mean_pool
+from .bert import (BertConfig, BertForMaskedLM, BertModel, config_from_hf, copy_into_hf, hf_config, hf_tensor,
+                   mean_pool)
 from .metrics import classification_scores
 from .train import configure_optimizer, lr_at, train_step
 
@@ -119,7 +120,8 @@ class BertForSequenceClassification(nn.Module):
         state = hf.state_dict()
         with torch.no_grad():
             for name, p in model.state_dict().items():
-                p.copy_(state[name] if name.startswith("classifier.") else hf_tensor(state, name[len("bert."):], "bert."))
+                is_head = name.startswith("classifier.")       # the head has Hugging Face's names already
+                p.copy_(state[name] if is_head else hf_tensor(state, name[len("bert."):], "bert."))
         return model.eval()
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..bert import BertConfig, mean_pool
 from ..classify import BertForSequenceClassification, pad_batch
-from ..metrics import accuracy, classification_scores, precision_recall_f1 as reference_prf
+from ..metrics import classification_scores, precision_recall_f1 as reference_prf
 from .core import CheckFailed, exercise, expect, expect_tensor, explain_runtime_error, randomise, seeded
 
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
@@ -64,8 +64,9 @@ def precision_recall_f1(fn):
                 "scores": reference_prf(y_true, y_pred, "micro"),
             }
             if isinstance(y_true, list) and np.allclose(got, 0.0):
-                raise CheckFailed(f"{what}: got {got}, expected {list(expected)}: with plain lists, y_pred == c is one "
-                                  "False, not an array: start with y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)")
+                raise CheckFailed(f"{what}: got {got}, expected {list(expected)}: with plain lists, y_pred == c is "
+                                  "one False, not an array: start with y_true, y_pred = np.asarray(y_true), "
+                                  "np.asarray(y_pred)")
             if average == "macro":
                 p, r, _ = expected
                 only_true = np.unique(np.asarray(y_true))
