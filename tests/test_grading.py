@@ -1,8 +1,9 @@
 """The grading round trip, for real: nbgrader generate_assignment and autograde on a throw-away course per chapter.
 
-Four submissions per chapter: the solution (full marks), the untouched student notebook (zero,
-without crashing), one typical mistake (partial marks) and a student who broke two exercises and
-then deleted one test cell and emptied another (the original tests still run and catch both).
+Five submissions per chapter: the solution (full marks), the solution with one answer that also writes
+to stderr (a debug print, a logging warning, a progress bar: still full marks), the untouched student
+notebook (zero, without crashing), one typical mistake (partial marks) and a student who broke two
+exercises and then deleted one test cell and emptied another (the original tests still run and catch both).
 """
 
 import os
@@ -170,8 +171,20 @@ def with_answers(student_nb, answers):
     return nb
 
 
+def noisy(answer):
+    """A correct answer that also writes to stderr each time it runs: a debug print, a logging warning and a
+    progress bar, as students' code does."""
+    name = re.search(r"^def (\w+)", answer, re.MULTILINE).group(1)
+    return answer + (f"\n\n_{name}_quiet = {name}\n\n\ndef {name}(*args, **kwargs):\n"
+                     "    import logging, sys\n    from tqdm import tqdm\n"
+                     f"    print('debug: {name} called', file=sys.stderr)\n"
+                     f"    logging.warning('{name}: just a warning')\n"
+                     "    for _ in tqdm(range(2)):\n        pass\n"
+                     f"    return _{name}_quiet(*args, **kwargs)\n")
+
+
 def grade_chapter(chapter, course):
-    """Generate the assignment, submit four notebooks and autograde them in one run; returns the gradebook's
+    """Generate the assignment, submit five notebooks and autograde them in one run; returns the gradebook's
     path and the wall time."""
     start = time.perf_counter()
     shutil.copy(ROOT / "nbgrader_config.py", course)
@@ -189,6 +202,7 @@ def grade_chapter(chapter, course):
     tampered.cells = [c for c in tampered.cells if grade_id(c) != tamper["deleted"]]
     submissions = {
         "solution": with_answers(student, solution_answers),
+        "noisy": with_answers(student, {**solution_answers, wrong_id: noisy(solution_answers[wrong_id])}),
         "untouched": student,
         "mistake": with_answers(student, {**solution_answers, wrong_id: wrong_source}),
         "tampered": tampered,
@@ -210,7 +224,7 @@ def gradebooks(request, tmp_path_factory):
         futures = {c: pool.submit(grade_chapter, c, tmp_path_factory.mktemp(f"course-{c}")) for c in chapters}
         done = {c: f.result() for c, f in futures.items()}
     for chapter, (_, seconds) in done.items():
-        print(f"\n{chapter}: 4 submissions generated and autograded in {seconds:.0f} s")  # shown with `pytest -s`
+        print(f"\n{chapter}: 5 submissions generated and autograded in {seconds:.0f} s")  # shown with `pytest -s`
     return {c: path for c, (path, _) in done.items()}
 
 
@@ -219,7 +233,7 @@ def graded(request, gradebooks):
     """One chapter's grades: (chapter, scores, max score, gradebook)."""
     chapter = request.param
     gradebook = Gradebook(f"sqlite:///{gradebooks[chapter]}")
-    names = ("solution", "untouched", "mistake", "tampered")
+    names = ("solution", "noisy", "untouched", "mistake", "tampered")
     scores = {name: gradebook.find_submission(chapter, name).score for name in names}
     max_score = gradebook.find_assignment(chapter).max_score
     print(f"\n{chapter}: scores out of {max_score}: {scores}")  # shown with `pytest -s`
@@ -236,6 +250,11 @@ def test_solution_gets_full_marks(graded):
     chapter, scores, max_score, gradebook = graded
     assert max_score > 0
     assert scores["solution"] == max_score, f"failed: {failed_tests(gradebook, chapter, 'solution')}"
+
+
+def test_correct_code_that_writes_to_stderr_keeps_full_marks(graded):
+    chapter, scores, max_score, gradebook = graded
+    assert scores["noisy"] == max_score, f"failed: {failed_tests(gradebook, chapter, 'noisy')}"
 
 
 def test_untouched_notebook_gets_zero_without_crashing(graded):
