@@ -160,15 +160,23 @@ def head_without_dropout(hidden, attention_mask, classifier, dropout, labels=Non
     return classification_head(hidden, attention_mask, classifier, lambda x: x, labels)
 
 
-def step_without_zero_grad(model, optimizer, batch, labels, lr, grad_clip=1.0):
-    for group in optimizer.param_groups:
+def _step_variant(model, optimizer, batch, labels, lr, grad_clip, groups=None, zero_grad=True,
+                  clip=torch.nn.utils.clip_grad_norm_):
+    """fine_tune_step with one piece changed (by a mistake): the groups given the lr, zeroing, the clipping."""
+    for group in optimizer.param_groups if groups is None else groups(optimizer):
         group["lr"] = lr
     model.train()
+    if zero_grad:
+        optimizer.zero_grad()
     _, loss = model(**batch, labels=labels)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    clip(model.parameters(), grad_clip)
     optimizer.step()
     return loss.item()
+
+
+def step_without_zero_grad(model, optimizer, batch, labels, lr, grad_clip=1.0):
+    return _step_variant(model, optimizer, batch, labels, lr, grad_clip, zero_grad=False)
 
 
 def step_without_clipping(model, optimizer, batch, labels, lr, grad_clip=1.0):
@@ -182,26 +190,12 @@ def step_clips_after(model, optimizer, batch, labels, lr, grad_clip=1.0):
 
 
 def step_clip_value(model, optimizer, batch, labels, lr, grad_clip=1.0):
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    model.train()
-    optimizer.zero_grad()
-    _, loss = model(**batch, labels=labels)
-    loss.backward()
-    torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
-    optimizer.step()
-    return loss.item()
+    return _step_variant(model, optimizer, batch, labels, lr, grad_clip, clip=torch.nn.utils.clip_grad_value_)
 
 
 def step_first_group_only(model, optimizer, batch, labels, lr, grad_clip=1.0):
-    optimizer.param_groups[0]["lr"] = lr            # the no-decay group keeps its old lr
-    model.train()
-    optimizer.zero_grad()
-    _, loss = model(**batch, labels=labels)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return loss.item()
+    # the no-decay group keeps its old lr
+    return _step_variant(model, optimizer, batch, labels, lr, grad_clip, groups=lambda opt: opt.param_groups[:1])
 
 
 def step_in_eval_mode(model, optimizer, batch, labels, lr, grad_clip=1.0):

@@ -45,9 +45,8 @@ def precision_recall_f1(fn):
     n = 0
     for y_true, y_pred in _cases():
         for average, pos_label in (("binary", 1), ("binary", 0), ("macro", 1)):
-            what = f"precision_recall_f1(y_true={np.asarray(y_true).tolist()}, y_pred={np.asarray(y_pred).tolist()}, " \
-                   f"average={average!r}, " \
-                   f"pos_label={pos_label})"
+            what = (f"precision_recall_f1(y_true={np.asarray(y_true).tolist()}, y_pred={np.asarray(y_pred).tolist()}, "
+                    f"average={average!r}, pos_label={pos_label})")
             try:
                 got = _triple(fn(y_true, y_pred, average=average, pos_label=pos_label), what)
             except ZeroDivisionError:
@@ -75,11 +74,8 @@ def precision_recall_f1(fn):
                     tuple(np.mean([reference_prf(y_true, y_pred, "binary", c) for c in only_true.tolist()], axis=0))
                 hints["macro F1 computed as the F1 of the mean precision and recall: average the per-class F1s "
                       "instead"] = (p, r, 2 * p * r / (p + r) if p + r else 0.0)
-                hints["precision and recall swapped: precision divides by what was predicted (TP + FP), recall "
-                      "by what is true (TP + FN)"] = (expected[1], expected[0], expected[2])
-            else:
-                hints["precision and recall swapped: precision divides by what was predicted (TP + FP), recall "
-                      "by what is true (TP + FN)"] = (expected[1], expected[0], expected[2])
+            hints["precision and recall swapped: precision divides by what was predicted (TP + FP), recall "
+                  "by what is true (TP + FN)"] = (expected[1], expected[0], expected[2])
             for hint, wrong in hints.items():
                 if wrong is not None and np.allclose(got, wrong, atol=1e-9):
                     raise CheckFailed(f"{what}: got {got}, expected {list(expected)}: {hint}")
