@@ -19,10 +19,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: lab test notebooks lock
 
-$(STAMP): requirements.txt lib/pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt lib/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmscratch needs Python 3.11 or newer; run with PYTHON=python3.11 (or newer)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt $(PIP_ARGS)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e lib
 	touch $(STAMP)
 

@@ -72,6 +72,21 @@ def combine_masks(*masks) -> torch.Tensor:
     return out
 
 
+def attend(q, k, v, mask=None, is_causal: bool = False, start: int = 0, dropout_p: float = 0.0,
+           use_sdpa: bool = True):
+    """Attention of queries q (B, nh, T, hs) at positions start .. start + T - 1 over keys and values
+    (B, nh, start + T, hs): causal if asked, and within `mask`. With use_sdpa, PyTorch's fused kernel
+    (the same maths as scaled_dot_product_attention above)."""
+    T = q.shape[-2]
+    if is_causal and mask is None and start == 0 and use_sdpa:
+        # is_causal lets PyTorch pick its fastest kernel (flash attention on GPUs)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if is_causal and not (T == 1 and mask is None):  # one new query after the cache may see every key
+        mask = combine_masks(causal_mask(T, q.device, offset=start), mask)
+    fn = F.scaled_dot_product_attention if use_sdpa else scaled_dot_product_attention
+    return fn(q, k, v, mask, dropout_p=dropout_p)                              # (B, nh, T, hs)
+
+
 class KVCache:
     """Keys and values of every layer for the positions seen so far, so that each new token costs one
     position of work instead of re-running the whole prefix. Preallocated: (B, nh, max_len, hs) per
@@ -124,15 +139,7 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             start = cache.length
             k, v = cache.append(layer, k, v)                                  # (B, nh, start + T, hs)
-        dropout_p = self.dropout if self.training else 0.0
-        if is_causal and mask is None and start == 0 and self.use_sdpa:
-            # is_causal lets PyTorch pick its fastest kernel (flash attention on GPUs)
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        else:
-            if is_causal:
-                mask = combine_masks(causal_mask(T, x.device, offset=start), mask)
-            attend = F.scaled_dot_product_attention if self.use_sdpa else scaled_dot_product_attention
-            y = attend(q, k, v, mask, dropout_p=dropout_p)                     # (B, nh, T, hs)
+        y = attend(q, k, v, mask, is_causal, start, self.dropout if self.training else 0.0, self.use_sdpa)
         y = y.transpose(1, 2).contiguous().view(B, T, C)                      # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -167,3 +174,51 @@ class CrossAttention(nn.Module):
         attend = F.scaled_dot_product_attention if self.use_sdpa else scaled_dot_product_attention
         y = attend(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0)             # (B, nh, T_q, hs)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T_q, C)))
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, n_kv, T, hs) -> (B, n_kv * n_rep, T, hs): key/value head j serves the n_rep consecutive query
+    heads j * n_rep .. (j + 1) * n_rep - 1, so each head is repeated in place (repeat_interleave), not
+    the whole stack tiled (repeat), which would pair query heads with the wrong keys."""
+    if n_rep == 1:
+        return x
+    B, n_kv, T, hs = x.shape
+    return x[:, :, None].expand(B, n_kv, n_rep, T, hs).reshape(B, n_kv * n_rep, T, hs)   # a view until reshape
+
+
+class GroupedQueryAttention(nn.Module):
+    """Grouped-query attention (GQA, 分组查询注意力), as in Llama: n_head query heads, but only n_kv_head
+    key/value heads, each shared by n_head / n_kv_head query heads. The KV cache stores the n_kv_head
+    heads only, which is the point: n_kv_head = n_head is multi-head attention, 1 is multi-query.
+    Separate q/k/v/o projections without biases, named as in Hugging Face's Llama; RoPE turns q and k."""
+
+    def __init__(self, d_model: int, n_head: int, n_kv_head: int, head_size: int | None = None,
+                 bias: bool = False, dropout: float = 0.0, use_sdpa: bool = True):
+        super().__init__()
+        if n_head % n_kv_head:
+            raise ValueError(f"n_head={n_head} is not a multiple of n_kv_head={n_kv_head}: every key/value head "
+                             "must serve the same number of query heads")
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_size = head_size or d_model // n_head
+        self.q_proj = nn.Linear(d_model, n_head * self.head_size, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_head * self.head_size, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_kv_head * self.head_size, bias=bias)
+        self.o_proj = nn.Linear(n_head * self.head_size, d_model, bias=bias)
+        self.dropout, self.use_sdpa = dropout, use_sdpa
+
+    def forward(self, x: torch.Tensor, rope=None, mask=None, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape                                                                 # (B, T, C)
+        hs = self.head_size
+        q = self.q_proj(x).view(B, T, self.n_head, hs).transpose(1, 2)                   # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)                # (B, nkv, T, hs)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)                # (B, nkv, T, hs)
+        start = cache.length if cache is not None else 0
+        if rope is not None:   # positions start .. start + T - 1: keys are cached already rotated
+            q, k = rope(q, offset=start), rope(k, offset=start)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)                                              # (B, nkv, S, hs)
+        n_rep = self.n_head // self.n_kv_head
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)                                   # (B, nh, S, hs)
+        y = attend(q, k, v, mask, True, start, self.dropout if self.training else 0.0, self.use_sdpa)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * hs))            # (B, T, C)

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import KVCache, MultiHeadAttention
+from .generation import CausalLM, sample_next, top_k_filter, top_p_filter  # noqa: F401 (chapter 04 imports them here)
 from .positions import LearnedPositions
 
 
@@ -55,7 +56,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
+class GPT(CausalLM):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -150,70 +151,7 @@ class GPT(nn.Module):
                 p.copy_(ours[name].t() if name.endswith(self._TRANSPOSED) else ours[name])
         return hf.eval()
 
-    # ---- generation -----------------------------------------------------------------------------
-    def new_cache(self, batch_size: int, device=None, dtype=torch.float32) -> KVCache:
+    # ---- generation (generate() comes from CausalLM) -------------------------------------------
+    def new_cache(self, batch_size: int, device=None, dtype=torch.float32, max_len: int | None = None) -> KVCache:
         c = self.config
-        return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, eos_token_id: int | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None):
-        """Continue idx (B, T) by up to max_new_tokens tokens. temperature 0 is greedy; top_k and
-        top_p filter the distribution first. Sequences that produced eos_token_id stop growing (they
-        are padded with eos); generation ends when all have."""
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if idx.shape[1] + max_new_tokens > self.config.block_size:
-            raise ValueError(f"prompt ({idx.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
-                             f"{self.config.block_size} tokens: shorten the prompt or generate fewer tokens")
-        was_training = self.training
-        self.eval()
-        cache = self.new_cache(idx.shape[0], idx.device, self.lm_head.weight.dtype) if use_cache else None
-        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        step_input = idx
-        for _ in range(max_new_tokens):
-            logits, _ = self(step_input if use_cache else idx, cache=cache)
-            next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)     # (B, 1)
-            if eos_token_id is not None:
-                next_token = next_token.masked_fill(done[:, None], eos_token_id)
-                done |= next_token[:, 0] == eos_token_id
-            idx = torch.cat((idx, next_token), dim=1)
-            step_input = next_token
-            if eos_token_id is not None and done.all():
-                break
-        self.train(was_training)
-        return idx
-
-
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest logits of each row (ties at the k-th value are all kept), -inf elsewhere."""
-    if k <= 0:
-        raise ValueError(f"top_k must be positive, got {k}")
-    k = min(k, logits.size(-1))
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filtering: keep the smallest set of most likely tokens whose probabilities add up to
-    at least p (the token that crosses p is kept), -inf elsewhere."""
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {p}")
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= p  # mass *before* a token already reaches p
-    drop = drop_sorted.scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """One next token per row of logits (B, vocab): greedy at temperature 0, else sampled."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)
+        return KVCache(c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.n_embd // c.n_head, device, dtype)

@@ -1,7 +1,7 @@
 """Tokenizers built from scratch (chapter 01): characters, byte-level BPE (GPT-2) and WordPiece (BERT)."""
 
-from .bpe import BPETokenizer
+from .bpe import BPETokenizer, PretrainedBPE
 from .char import CharTokenizer
 from .wordpiece import WordPieceTokenizer
 
-__all__ = ["BPETokenizer", "CharTokenizer", "WordPieceTokenizer"]
+__all__ = ["BPETokenizer", "PretrainedBPE", "CharTokenizer", "WordPieceTokenizer"]

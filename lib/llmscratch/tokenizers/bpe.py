@@ -244,3 +244,74 @@ def bytes_to_unicode() -> dict[int, str]:
             mapping[b] = chr(256 + shift)
             shift += 1
     return mapping
+
+
+# Digits one by one, then GPT-2's rules on the text between them (SmolLM2, StarCoder): a digit is a piece of its
+# own, ' ?\p{N}+' is gone, and a whitespace run before a digit stays whole, as it would at the end of a text.
+DIGITS_PATTERN = r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+
+
+class PretrainedBPE:
+    """The course's BPETokenizer with a pretrained model's merges, speaking that model's token ids.
+
+    The merges are the same idea as ours, but a Hugging Face tokenizer.json numbers tokens its own way
+    (SmolLM2: 17 special tokens first, then the 256 bytes in GPT-2's printable-character order, then one id
+    per merge). So encoding runs the course BPE and translates its ids; decoding translates back."""
+
+    def __init__(self, tokenizer_json):
+        data = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+        model = data.get("model", {})
+        if model.get("type") != "BPE" or data.get("normalizer") is not None:
+            raise ValueError(f"{tokenizer_json}: not a byte-level BPE without normalizer, which this class reproduces")
+        self.pattern = self._pattern_of(data.get("pre_tokenizer"))
+        byte_of = {c: b for b, c in bytes_to_unicode().items()}
+        spelled = lambda s: bytes(byte_of[c] for c in s)   # HF writes each byte as a printable stand-in character
+        added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+        model_id = {spelled(s): i for s, i in model["vocab"].items() if i not in added.values()}
+        bpe, by_bytes = BPETokenizer(pattern=self.pattern), {bytes([b]): b for b in range(256)}
+        for m in model["merges"]:
+            a, b = m.split(" ") if isinstance(m, str) else m
+            bpe._add_merge(by_bytes[spelled(a)], by_bytes[spelled(b)], by_bytes)
+        for token in added:   # the course keeps special tokens after the merges
+            bpe.special_tokens[token] = bpe.vocab_size
+        bpe._special_by_id = {i: s for s, i in bpe.special_tokens.items()}
+        unknown = [t for t in bpe.vocab[256:] if t not in model_id]
+        if unknown:
+            raise ValueError(f"{len(unknown)} merged tokens (e.g. {unknown[0]!r}) are missing from the vocabulary")
+        # Bytes that never occurred in the model's training text may have no token at all (SmolLM2 lacks 21
+        # control bytes). Its own tokenizer then drops them without a word; encode() here refuses instead.
+        self.missing_bytes = bytes(b for b in range(256) if bytes([b]) not in model_id)
+        self.bpe = bpe
+        self.to_model = [model_id.get(t) for t in bpe.vocab] + [added[t] for t in bpe.special_tokens]  # course -> model
+        self.to_course = {m: c for c, m in enumerate(self.to_model) if m is not None}
+
+    @staticmethod
+    def _pattern_of(pre) -> str:
+        steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else [pre]
+        kinds = [(s or {}).get("type") for s in steps]
+        byte_level = steps[-1] or {}
+        if kinds[-1] != "ByteLevel" or not byte_level.get("use_regex", True) or byte_level.get("add_prefix_space"):
+            raise ValueError(f"pre-tokenizer {pre} is not GPT-2's ByteLevel, which this class reproduces")
+        if kinds == ["ByteLevel"]:
+            return GPT2_PATTERN
+        if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+            return DIGITS_PATTERN
+        raise ValueError(f"pre-tokenizer {pre} is not one this class reproduces")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.to_model)
+
+    def encode(self, text: str, allowed_special=()) -> list[int]:
+        ids = [self.to_model[i] for i in self.bpe.encode(text, allowed_special)]
+        if None in ids:
+            b = next(b for b in text.encode("utf-8") if b in self.missing_bytes)
+            raise ValueError(f"the text contains byte 0x{b:02x}, which has no token in this vocabulary (the model never "
+                             "saw it): remove it first (the model's own tokenizer would drop it silently)")
+        return ids
+
+    def decode(self, ids) -> str:
+        try:
+            return self.bpe.decode([self.to_course[int(i)] for i in ids])
+        except KeyError as err:
+            raise ValueError(f"id {err.args[0]} is not in this tokenizer's vocabulary") from None
