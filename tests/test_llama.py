@@ -190,8 +190,8 @@ def test_smollm2_greedy_generation_equals_hf(smollm2):
     model, tokenizer, hf = smollm2
     for messages in PROMPTS[:3]:
         ids = torch.tensor([tokenizer.encode(apply_chat_template(messages, add_generation_prompt=True))])
-        # The explicit mask matters: SmolLM2's pad token is <|im_end|>, which every chat prompt contains, and
-        # without a mask HF's generate takes those tokens for padding and hides them from attention.
+        # The explicit mask matters: SmolLM2's pad token is <|im_end|>, which every chat prompt contains. Without a
+        # mask, and with eos_token_id overridden (pad != eos), HF's generate infers one that hides those tokens.
         expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False,
                                eos_token_id=None, pad_token_id=2)
         ours = model.generate(ids, 64, temperature=0)

