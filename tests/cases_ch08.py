@@ -120,3 +120,29 @@ MISTAKES = [
     (c.chat_template, lambda m, add_generation_prompt=False: chat_template(m, add_generation_prompt).replace(
         "<|im_end|>\n", "<|im_end|>"), "the newline after <|im_end|>"),
 ]
+
+MISTAKES += [
+    (c.rms_norm, lambda x, w, eps=1e-5: w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps),
+     "overflow fp16"),
+    (c.rms_norm, lambda x, w, eps=1e-5: __import__("llmscratch.llama").llama.RMSNorm.forward(
+        type("N", (), {"eps": eps, "weight": w})(), x), "the library's RMSNorm is this exercise's answer"),
+    (c.swiglu, lambda x, g, u, d: __import__("llmscratch.llama").llama.SwiGLU.forward(
+        type("M", (), {"gate_proj": g, "up_proj": u, "down_proj": d})(), x), "the library's SwiGLU"),
+    (c.grouped_query_attention, lambda x, attn, rope: F.scaled_dot_product_attention(
+        rope(attn.q_proj(x).view(x.shape[0], x.shape[1], attn.n_head, -1).transpose(1, 2)),
+        rope(attn.k_proj(x).view(x.shape[0], x.shape[1], attn.n_kv_head, -1).transpose(1, 2)),
+        attn.v_proj(x).view(x.shape[0], x.shape[1], attn.n_kv_head, -1).transpose(1, 2), is_causal=True),
+     "repeat each key/value head"),
+    (c.chat_template, lambda m, add_generation_prompt=False: __import__("llmscratch.chat").chat.apply_chat_template(
+        m, add_generation_prompt), "the library's apply_chat_template is this exercise's answer"),
+    (c.chat_template, lambda m, add_generation_prompt=False: chat_template(
+        [{**x, "content": x["content"].strip()} for x in m], add_generation_prompt), "stripped of spaces"),
+    (c.chat_template, lambda m, add_generation_prompt=False: chat_template(m, add_generation_prompt)
+     if not any(x["role"] == "system" for x in m) else template_no_default_system(m, add_generation_prompt),
+     "only the FIRST message counts"),
+    (c.chat_template, lambda m, add_generation_prompt=False: (m.insert(0, {"role": "system", "content": SMOLLM2_SYSTEM})
+     if m[0]["role"] != "system" else None) or template_no_default_system(m, add_generation_prompt),
+     "changed the list of messages"),
+    (c.chat_template, lambda m, add_generation_prompt=False: chat_template(m, False) + (
+        "<|im_start|>assistant" if add_generation_prompt else ""), "ends almost with the generation prompt"),
+]

@@ -293,3 +293,11 @@ def test_damaged_cache_is_converted_again(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="unreadable"):
         model, _ = load_smollm2()
     assert len(converted) == 1 and model.config.n_layer == 30
+
+
+def test_missing_gguf_reader_says_which_package(monkeypatch, tmp_path):
+    real_find_spec = llama_module.importlib.util.find_spec
+    monkeypatch.setattr(llama_module.importlib.util, "find_spec",
+                        lambda name: None if name == "gguf" else real_find_spec(name))
+    with pytest.raises(RuntimeError, match="needs the gguf package"):
+        llama_module._convert_gguf(llama_module.smollm2_gguf(), tmp_path / "out", "0" * 64)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from ..attention import CrossAttention, causal_mask, padding_mask
 from ..bert import BertConfig, BertLayer
-from .core import CheckFailed, differs, exercise, expect, expect_tensor, explain_runtime_error, randomise, seeded
+from .core import (CheckFailed, differs, exercise, expect, expect_tensor, explain_runtime_error, oracle_forbidden,
+                   randomise, seeded)
 
 TINY = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
                   max_position_embeddings=32, dropout=0.0)
@@ -67,9 +68,8 @@ def _layer_mistakes(layer, x, attention_mask):
     }
 
 
-def _forbid_layer_forward(*args, **kwargs):
-    raise CheckFailed("build the layer from its parts (layer.attention, layer.attention_norm, layer.intermediate, "
-                      "layer.output, layer.output_norm): calling layer(...) itself is the oracle")
+NO_LAYER_CALL = ("build the layer from its parts (layer.attention, layer.attention_norm, layer.intermediate, "
+                 "layer.output, layer.output_norm): calling layer(...) itself is the oracle")
 
 
 @exercise("encoder_layer")
@@ -82,14 +82,10 @@ def encoder_layer(fn):
         x, attention_mask = _padded_batch(g, B, T, TINY.hidden_size)
         with torch.no_grad():
             expected = layer(x, padding_mask(attention_mask))
-        original, BertLayer.forward = BertLayer.forward, _forbid_layer_forward
-        try:
-            with explain_runtime_error("dtype", lambda error: f"the attention rejected the mask ({error[:120]}): "
-                                       "attention_mask is int64 (1 = real token); turn it into a boolean mask of the "
-                                       "keys, attention_mask.bool()[:, None, None, :]"):
-                got = fn(x, attention_mask, layer)
-        finally:
-            BertLayer.forward = original
+        with oracle_forbidden(BertLayer, NO_LAYER_CALL), explain_runtime_error(
+                "dtype", lambda error: f"the attention rejected the mask ({error[:120]}): attention_mask is int64 "
+                "(1 = real token); turn it into a boolean mask of the keys, attention_mask.bool()[:, None, None, :]"):
+            got = fn(x, attention_mask, layer)
         what = f"encoder_layer(x {tuple(x.shape)}, attention_mask {tuple(attention_mask.shape)}, layer)"
         if differs(got, expected, atol=1e-5):
             for mistake, wrong in _layer_mistakes(layer, x, attention_mask).items():

@@ -2,15 +2,18 @@
 GroupedQueryAttention (proven equal to Hugging Face's LlamaMLP and LlamaForCausalLM), and the library's chat
 template (proven equal to SmolLM2's tokenizer.apply_chat_template)."""
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
 from ..attention import GroupedQueryAttention
 from ..chat import SMOLLM2_SYSTEM
 from ..chat import apply_chat_template as reference_template
-from ..llama import LlamaConfig, SwiGLU
+from ..llama import LlamaConfig, RMSNorm, SwiGLU
 from ..positions import RoPE
-from .core import CheckFailed, differs, exercise, expect, expect_tensor, randomise, seeded
+from .core import (CheckFailed, differs, exercise, expect, expect_tensor, explain_runtime_error, oracle_forbidden,
+                   randomise, run_refusing, seeded)
 
 
 def _first_mistake(got, mistakes: dict, atol: float):
@@ -43,7 +46,8 @@ def _without_builtin(fn, *args):
     saved = F.rms_norm, torch.rms_norm
     F.rms_norm = torch.rms_norm = _no_builtin_rms_norm
     try:
-        return fn(*args)
+        return run_refusing(fn, args, {RMSNorm.forward: "the library's RMSNorm is this exercise's answer: write the "
+                                       "formula yourself, from x.pow(2).mean(...) and torch.rsqrt"})
     finally:
         F.rms_norm, torch.rms_norm = saved
 
@@ -70,7 +74,15 @@ def rms_norm(fn):
     expect(torch.is_tensor(got) and got.dtype == torch.bfloat16,
            f"a bf16 input must give a bf16 output (compute in fp32 inside, then .to(x.dtype)); got "
            f"{getattr(got, 'dtype', type(got).__name__)}")
-    return f"{len(cases)} shapes and scales, equal to F.rms_norm"
+    big = (400 * torch.randn(2, 3, 16, generator=g)).to(torch.float16)   # squares above 65504: inf in fp16
+    got = _without_builtin(fn, big, torch.ones(16, dtype=torch.float16), 1e-5)
+    expected = F.rms_norm(big.float(), (16,), None, 1e-5).half()
+    expect(torch.is_tensor(got) and got.dtype == torch.float16,
+           f"an fp16 input must give an fp16 output; got {getattr(got, 'dtype', type(got).__name__)}")
+    expect(torch.allclose(got.float(), expected.float(), atol=2e-2),
+           "an fp16 input with values around 400 came out wrong: its squares (about 160,000) overflow fp16, whose "
+           "largest number is 65,504. Compute the mean of squares in fp32 (x.float()), then cast back with .to(x.dtype)")
+    return f"{len(cases)} shapes and scales equal to F.rms_norm, and bf16 / fp16 inputs"
 
 
 # ---- swiglu -------------------------------------------------------------------------------------------
@@ -97,7 +109,9 @@ def swiglu(fn):
             mlp = randomise(SwiGLU(LlamaConfig(n_embd=C, intermediate_size=H)), seed)
         x = torch.randn(B, T, C, generator=g)
         with torch.no_grad():
-            got = fn(x, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+            got = run_refusing(fn, (x, mlp.gate_proj, mlp.up_proj, mlp.down_proj), {SwiGLU.forward: (
+                "the library's SwiGLU is this exercise's answer: write down_proj(silu(gate_proj(x)) * up_proj(x)) "
+                "yourself")})
             expected = mlp(x)
             if differs(got, expected, atol=1e-4):
                 _first_mistake(got, _swiglu_mistakes(x, mlp), atol=1e-4)
@@ -130,12 +144,20 @@ def _gqa_mistakes(x, attn, rope):
         "position)": out(sdpa(qr, inter(kr), inter(rope(v)))),
         "the attention is not causal: a decoder's token may not see later tokens, pass is_causal=True":
             out(sdpa(qr, inter(kr), inter(v), causal=False)),
+        "the heads were split with view(B, n_head, T, hs) directly: that cuts the (B, T, C) memory in the wrong "
+        "places. View as (B, T, heads, hs), then transpose(1, 2)":
+            out(F.scaled_dot_product_attention(
+                rope(attn.q_proj(x).view(B, nh, T, hs)), inter(rope(attn.k_proj(x).view(B, nkv, T, hs))),
+                inter(attn.v_proj(x).view(B, nkv, T, hs)), is_causal=True)),
+        "the heads were merged without transposing back: y is (B, n_head, T, hs); transpose(1, 2) to (B, T, n_head, "
+        "hs) before reshape(B, T, C)": attn.o_proj(sdpa(qr, inter(kr), inter(v)).reshape(B, T, nh * hs)),
+        "the scores were scaled by 1 / head_size; attention scales them by 1 / sqrt(head_size), SDPA's default":
+            out(F.scaled_dot_product_attention(qr, inter(kr), inter(v), is_causal=True, scale=1.0 / hs)),
     }
 
 
-def _forbid_attention_forward(*args, **kwargs):
-    raise CheckFailed("build the attention from its parts (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, "
-                      "rope): calling attn(...) itself is the oracle")
+NO_ATTN_CALL = ("build the attention from its parts (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, rope): "
+                "calling attn(...) itself is the oracle")
 
 
 @exercise("grouped_query_attention")
@@ -150,11 +172,11 @@ def grouped_query_attention(fn):
         x = torch.randn(B, T, C, generator=g)
         with torch.no_grad():
             expected = attn(x, rope=rope)
-            attn.forward = _forbid_attention_forward   # the module itself is the oracle
-            try:
+            with oracle_forbidden(GroupedQueryAttention, NO_ATTN_CALL), explain_runtime_error(
+                    "must match the size of tensor", lambda error: f"{error[:110]}: k and v still have n_kv_head = "
+                    f"{nkv} heads while q has n_head = {nh}; repeat each key/value head n_head // n_kv_head = "
+                    f"{nh // nkv} times in place, repeat_interleave({nh // nkv}, dim=1), before the attention"):
                 got = fn(x, attn, rope)
-            finally:
-                del attn.forward
             if differs(got, expected, atol=1e-4):
                 _first_mistake(got, _gqa_mistakes(x, attn, rope), atol=1e-4)
         expect_tensor(got, expected, f"grouped_query_attention(x of shape {(B, T, C)}, {nh} query heads, {nkv} "
@@ -171,17 +193,29 @@ CONVERSATIONS = [
      {"role": "user", "content": "Tell me a joke.\nA short one."}],
     [{"role": "system", "content": "Answer in Chinese."}, {"role": "user", "content": "你好"},
      {"role": "assistant", "content": "你好！"}, {"role": "user", "content": "今天天气怎么样？"}],
+    # spaces kept as they are; a system turn later on does not replace the default one (only the first message counts)
+    [{"role": "user", "content": "  two spaces, and a trailing one "}, {"role": "system", "content": "Be brief."},
+     {"role": "user", "content": "ok"}],
 ]
 
 
 def _template_hint(got: str, expected: str, messages, prompt: bool) -> str:
     gen = "<|im_start|>assistant\n"
+    if prompt and not got.endswith(gen) and "<|im_start|>assistant" in got[-len(gen) - 2:]:
+        return ("the text ends almost with the generation prompt; it must end with exactly '<|im_start|>assistant\\n'"
+                " (the role, then one newline)")
     if prompt and not got.endswith(gen) and expected.endswith(gen):
         return ("the generation prompt is missing: with add_generation_prompt=True the text must end with "
-                "'<|im_start|>assistant\\n', the model's cue that its turn starts (without it, it goes on writing "
-                "the user's message)")
+                "'<|im_start|>assistant\\n', the cue that the model's turn starts (without it, the model has to "
+                "guess what comes next)")
     if not prompt and got.endswith(gen) and not expected.endswith(gen):
         return "the generation prompt was added although add_generation_prompt=False"
+    stripped = [{**m, "content": m["content"].strip()} for m in messages]
+    if got == reference_template(stripped, add_generation_prompt=prompt) and stripped != messages:
+        return "the contents were stripped of spaces: keep each message's content exactly as given"
+    if messages[0]["role"] != "system" and SMOLLM2_SYSTEM not in got and any(m["role"] == "system" for m in messages):
+        return ("the default system message was left out because the conversation has a system turn later on; "
+                "only the FIRST message counts: if it is not a system message, the default one comes first")
     if messages[0]["role"] != "system" and SMOLLM2_SYSTEM not in got:
         return (f"a conversation that does not open with a system message gets SmolLM2's default one first: "
                 f"'<|im_start|>system\\n{SMOLLM2_SYSTEM}<|im_end|>\\n'")
@@ -196,14 +230,17 @@ def _template_hint(got: str, expected: str, messages, prompt: bool) -> str:
 
 @exercise("chat_template")
 def chat_template(fn):
-    n = 0
     for messages in CONVERSATIONS:
         for prompt in (False, True):
-            got = fn(messages, add_generation_prompt=prompt)
+            given = copy.deepcopy(messages)
+            got = run_refusing(fn, (given,), {reference_template: (
+                "the library's apply_chat_template is this exercise's answer: build the text yourself, turn by turn")},
+                kwargs={"add_generation_prompt": prompt})
+            expect(given == messages, "the function changed the list of messages it was given (the caller's "
+                   "conversation): build a new string and leave the messages as they are")
             expected = reference_template(messages, add_generation_prompt=prompt)
             expect(isinstance(got, str), f"expected the template's text (a str), got {type(got).__name__}")
             if got != expected:
                 raise CheckFailed(f"{len(messages)}-message conversation, add_generation_prompt={prompt}: "
                                   + _template_hint(got, expected, messages, prompt))
-            n += 1
-    return f"{n} conversations, with and without the generation prompt"
+    return f"{len(CONVERSATIONS)} conversations, each with and without the generation prompt"

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import sys
 
 import torch
 import torch.nn as nn
@@ -86,3 +87,36 @@ def explain_runtime_error(marker: str, advice):
         if marker not in str(err):
             raise
         raise CheckFailed(advice(str(err).split("\n")[0])) from err
+
+
+@contextlib.contextmanager
+def oracle_forbidden(module_class, message: str):
+    """While the student's function runs, calling a `module_class` module (the check's oracle) raises
+    CheckFailed(message) instead of quietly giving the right answer."""
+    def forbidden(*args, **kwargs):
+        raise CheckFailed(message)
+    original, module_class.forward = module_class.forward, forbidden
+    try:
+        yield
+    finally:
+        module_class.forward = original
+
+
+def run_refusing(fn, args, oracles: dict, kwargs=None):
+    """fn(*args, **kwargs), failing with oracles[f] if it calls one of the Python functions in `oracles` (the
+    library's answer to this exercise), directly or through a helper: the point is to write it, not import it."""
+    codes = {getattr(f, "__code__", None): message for f, message in oracles.items()}
+    called = []
+
+    def watch(frame, event, arg):
+        if event == "call" and frame.f_code in codes and not called:
+            called.append(codes[frame.f_code])
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        result = fn(*args, **(kwargs or {}))
+    finally:
+        sys.setprofile(previous)
+    if called:
+        raise CheckFailed(called[0])
+    return result
