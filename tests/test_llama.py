@@ -188,7 +188,7 @@ def test_smollm2_logits_equal_hf(smollm2):
 
 def test_smollm2_greedy_generation_equals_hf(smollm2):
     model, tokenizer, hf = smollm2
-    for messages in PROMPTS[:3]:
+    for messages in PROMPTS[1:3]:   # a system prompt, and code: 64 tokens each, where a wrong cache would show
         ids = torch.tensor([tokenizer.encode(apply_chat_template(messages, add_generation_prompt=True))])
         # The explicit mask matters: SmolLM2's pad token is <|im_end|>, which every chat prompt contains. Without a
         # mask, and with eos_token_id overridden (pad != eos), HF's generate infers one that hides those tokens.

@@ -9,6 +9,7 @@ GPT-2 -> Llama: LayerNorm -> RMSNorm; learned positions -> RoPE; GELU MLP -> Swi
 grouped-query attention (fewer key/value heads, a smaller KV cache); no biases anywhere.
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -243,11 +244,17 @@ def smollm2_dir(gguf: Path | None = None) -> Path:
     files): LlamaForCausalLM.from_pretrained and AutoTokenizer.from_pretrained read it. Converted from
     the GGUF file on first use, then read from the course cache."""
     gguf = Path(gguf) if gguf is not None else smollm2_gguf()
-    sha = sha256_of(gguf)
+    stat = gguf.stat()
+    sha = _sha256_once(str(gguf.resolve()), stat.st_size, stat.st_mtime_ns)
     folder = cache_dir() / f"smollm2-135m-instruct-{sha[:16]}"
     if not (folder / "model.safetensors").exists():
         _convert_gguf(gguf, folder, sha)
     return folder
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_once(path: str, size: int, mtime_ns: int) -> str:   # 98 MB: hash it once per process, per file version
+    return sha256_of(Path(path))
 
 
 def _convert_gguf(gguf: Path, folder: Path, sha: str) -> None:
