@@ -38,7 +38,7 @@ PRESETS = {
     "tiny": dict(vocab_size=512, n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8, accum=1, steps=20,
                  warmup=5, lr=3e-3, dropout=0.0, eval_every=10, eval_batches=2),           # tests: seconds
     "quick": dict(vocab_size=512, n_layer=2, n_head=4, n_embd=128, block_size=128, batch_size=16, accum=1,
-                  steps=150, warmup=15, lr=3e-3, dropout=0.0, eval_every=50, eval_batches=10),  # validates notebooks
+                  steps=50, warmup=5, lr=3e-3, dropout=0.0, eval_every=25, eval_batches=10),   # validates notebooks
     "cpu": dict(vocab_size=512, n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, accum=1,
                 steps=800, warmup=50, lr=2e-3, dropout=0.0, eval_every=100, eval_batches=10),   # ~2 min on 2 cores
     "gpu": dict(vocab_size=2048, n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, accum=1,
@@ -54,7 +54,7 @@ BERT_PRESETS = {
                  block_size=64, batch_size=8, accum=1, steps=20, warmup=5, lr=3e-3, dropout=0.0, eval_every=10,
                  eval_batches=2),                                                              # tests: seconds
     "quick": dict(vocab_size=2000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
-                  block_size=128, batch_size=16, accum=1, steps=60, warmup=10, lr=1e-3, dropout=0.0, eval_every=20,
+                  block_size=128, batch_size=16, accum=1, steps=24, warmup=4, lr=1e-3, dropout=0.0, eval_every=8,
                   eval_batches=10),                                                            # validates notebooks
     "cpu": dict(vocab_size=3000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
                 block_size=128, batch_size=32, accum=1, steps=400, warmup=40, lr=1e-3, dropout=0.0, eval_every=100,
