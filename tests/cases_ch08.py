@@ -30,15 +30,23 @@ def grouped_query_attention(x, attn, rope):
     return attn.o_proj(y.transpose(1, 2).reshape(B, T, nh * hs))
 
 
+def _rotated_heads(x, attn, rope):
+    """q (B, nh, T, hs) and k, v (B, nkv, T, hs), q and k turned by RoPE: what every variant below starts from."""
+    B, T, _ = x.shape
+    split = lambda t, heads: t.view(B, T, heads, attn.head_size).transpose(1, 2)
+    q, k = rope(split(attn.q_proj(x), attn.n_head)), rope(split(attn.k_proj(x), attn.n_kv_head))
+    return q, k, split(attn.v_proj(x), attn.n_kv_head)
+
+
+def _merged(y, attn):
+    B, _, T, _ = y.shape
+    return attn.o_proj(y.transpose(1, 2).reshape(B, T, attn.n_head * attn.head_size))
+
+
 def gqa_with_enable_gqa(x, attn, rope):
     """Another correct way: let SDPA share the heads itself (torch >= 2.5)."""
-    B, T, _ = x.shape
-    nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_size
-    q = rope(attn.q_proj(x).view(B, T, nh, hs).transpose(1, 2))
-    k = rope(attn.k_proj(x).view(B, T, nkv, hs).transpose(1, 2))
-    v = attn.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    return attn.o_proj(y.transpose(1, 2).reshape(B, T, nh * hs))
+    q, k, v = _rotated_heads(x, attn, rope)
+    return _merged(F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), attn)
 
 
 def chat_template(messages, add_generation_prompt=False):
@@ -64,14 +72,10 @@ def rms_no_fp32(x, weight, eps=1e-5):
 
 
 def gqa_tiled(x, attn, rope):
-    B, T, _ = x.shape
-    nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_size
-    q = rope(attn.q_proj(x).view(B, T, nh, hs).transpose(1, 2))
-    k = rope(attn.k_proj(x).view(B, T, nkv, hs).transpose(1, 2))
-    v = attn.v_proj(x).view(B, T, nkv, hs).transpose(1, 2)
-    k, v = k.repeat(1, nh // nkv, 1, 1), v.repeat(1, nh // nkv, 1, 1)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return attn.o_proj(y.transpose(1, 2).reshape(B, T, nh * hs))
+    q, k, v = _rotated_heads(x, attn, rope)
+    rep = attn.n_head // attn.n_kv_head
+    k, v = k.repeat(1, rep, 1, 1), v.repeat(1, rep, 1, 1)
+    return _merged(F.scaled_dot_product_attention(q, k, v, is_causal=True), attn)
 
 
 def gqa_no_rope(x, attn, rope):
@@ -79,12 +83,10 @@ def gqa_no_rope(x, attn, rope):
 
 
 def gqa_not_causal(x, attn, rope):
-    B, T, _ = x.shape
-    nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_size
-    q = rope(attn.q_proj(x).view(B, T, nh, hs).transpose(1, 2))
-    k = rope(attn.k_proj(x).view(B, T, nkv, hs).transpose(1, 2)).repeat_interleave(nh // nkv, dim=1)
-    v = attn.v_proj(x).view(B, T, nkv, hs).transpose(1, 2).repeat_interleave(nh // nkv, dim=1)
-    return attn.o_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, nh * hs))
+    q, k, v = _rotated_heads(x, attn, rope)
+    rep = attn.n_head // attn.n_kv_head
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return _merged(F.scaled_dot_product_attention(q, k, v), attn)
 
 
 def template_no_prompt(messages, add_generation_prompt=False):
@@ -129,10 +131,7 @@ MISTAKES += [
     (c.swiglu, lambda x, g, u, d: __import__("llmscratch.llama").llama.SwiGLU.forward(
         type("M", (), {"gate_proj": g, "up_proj": u, "down_proj": d})(), x), "the library's SwiGLU"),
     (c.grouped_query_attention, lambda x, attn, rope: F.scaled_dot_product_attention(
-        rope(attn.q_proj(x).view(x.shape[0], x.shape[1], attn.n_head, -1).transpose(1, 2)),
-        rope(attn.k_proj(x).view(x.shape[0], x.shape[1], attn.n_kv_head, -1).transpose(1, 2)),
-        attn.v_proj(x).view(x.shape[0], x.shape[1], attn.n_kv_head, -1).transpose(1, 2), is_causal=True),
-     "repeat each key/value head"),
+        *_rotated_heads(x, attn, rope), is_causal=True), "repeat each key/value head"),
     (c.chat_template, lambda m, add_generation_prompt=False: __import__("llmscratch.chat").chat.apply_chat_template(
         m, add_generation_prompt), "the library's apply_chat_template is this exercise's answer"),
     (c.chat_template, lambda m, add_generation_prompt=False: chat_template(

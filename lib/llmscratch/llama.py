@@ -161,14 +161,15 @@ class Llama(CausalLM):
     @classmethod
     def from_hf_state(cls, config: LlamaConfig, state: dict) -> "Llama":
         model = cls(config)
-        expected = {n for n in model.state_dict() if not (config.tie_embeddings and n == "lm_head.weight")}
+        params = model.state_dict()
+        expected = {n for n in params if not (config.tie_embeddings and n == "lm_head.weight")}
         given = set(state) - ({"lm_head.weight"} if config.tie_embeddings else set())
         if expected != given:
             raise ValueError(f"the weights do not fit this LlamaConfig: missing {sorted(expected - given)[:3]}, "
                              f"unexpected {sorted(given - expected)[:3]}")
         with torch.no_grad():
             for name in expected:
-                ours = model.state_dict()[name]
+                ours = params[name]
                 if state[name].shape != ours.shape:
                     raise ValueError(f"{name}: shape {tuple(state[name].shape)} in the weights, {tuple(ours.shape)} "
                                      "in the model")

@@ -8,14 +8,10 @@ import torch.nn.functional as F
 from ..gpt import GPT, GPTConfig
 from ..gpt import top_k_filter as reference_top_k
 from ..gpt import top_p_filter as reference_top_p
-from .core import CheckFailed, differs, exercise, expect, expect_tensor, explain_runtime_error, randomise, seeded
+from .core import (CheckFailed, close, differs, exercise, expect, expect_tensor, explain_runtime_error, randomise,
+                   seeded)
 
 TINY = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
-
-
-def _close(got, wrong, atol=1e-4):
-    same_shape = torch.is_tensor(got) and got.shape == wrong.shape
-    return same_shape and torch.allclose(got.detach(), wrong, rtol=1e-4, atol=atol)
 
 
 def _broadcast_error(err):
@@ -54,7 +50,7 @@ def layer_norm(fn):
         expected = F.layer_norm(x, (shape[-1],), w, b, eps=1e-5)
         if differs(got, expected, atol=1e-4):
             for mistake, wrong in _layer_norm_mistakes(x, w, b).items():
-                expect(not _close(got, wrong), mistake)
+                expect(not close(got, wrong), mistake)
         expect_tensor(got, expected, f"layer_norm(x of shape {shape}) (normalise over the last dimension, "
                       "biased variance, eps inside the square root)", atol=1e-4)
     return "equal to F.layer_norm"
@@ -111,7 +107,7 @@ def block_forward(fn):
             expected = block(x)
         if differs(got, expected, atol=1e-5):
             for mistake, wrong in _block_mistakes(block, x).items():
-                expect(not _close(got, wrong), f"block_forward(x, block {i}): {mistake}")
+                expect(not close(got, wrong), f"block_forward(x, block {i}): {mistake}")
         expect_tensor(got, expected, f"block_forward(x, block {i}) (pre-LN: x + attn(ln_1(x)), then + mlp(ln_2(x)); "
                                      "causal attention)", atol=1e-5)
     return "equal to the library's pre-LN block"
@@ -161,7 +157,7 @@ def gpt_forward(fn):
                           f"to get one logit per vocabulary entry, shape {tuple(expected_logits.shape)}")
     if differs(logits, expected_logits, atol=1e-5):
         for mistake, wrong in _logits_mistakes(model, idx).items():
-            expect(not _close(logits, wrong), f"gpt_forward logits: {mistake}")
+            expect(not close(logits, wrong), f"gpt_forward logits: {mistake}")
     expect_tensor(logits, expected_logits, "gpt_forward logits (wte + wpe, the blocks, ln_f, lm_head)", atol=1e-5)
     expect(loss is None, f"without targets the loss must be None, got {loss!r}")
     try:
@@ -174,7 +170,7 @@ def gpt_forward(fn):
                           "flatten both, logits.view(-1, logits.size(-1)) and targets.view(-1)") from err
     expect(torch.is_tensor(loss) and loss.dim() == 0, f"the loss must be a 0-dim tensor, got {loss!r}")
     for mistake, wrong in _loss_mistakes(expected_logits, targets).items():
-        expect(not _close(loss, wrong, atol=1e-5), f"gpt_forward loss: {mistake}")
+        expect(not close(loss, wrong, atol=1e-5), f"gpt_forward loss: {mistake}")
     expect_tensor(loss, expected_loss, "gpt_forward loss (mean cross-entropy over positions whose target is not "
                                        "-100)", atol=1e-5)
     return "logits and loss equal to the library's GPT"
@@ -317,11 +313,11 @@ def attend_with_cache(fn):
                        f"after {what} the {name} cache must hold the {name}s of positions 0..{t} in time order"
                        + (", but the new one came first" if torch.equal(cache[:, :, 0], truth[:, :, t]) else "")
                        + f": append the new {name} after the cached ones, torch.cat((cache, new), dim=2)")
-            if t > 1 and _close(out, F.scaled_dot_product_attention(q_t, k_cache, v_cache, is_causal=True), atol=1e-5):
+            if t > 1 and close(out, F.scaled_dot_product_attention(q_t, k_cache, v_cache, is_causal=True), atol=1e-5):
                 raise CheckFailed(f"the output of {what} attends to position 0 only: with one query, is_causal=True "
                                   "masks every key but the first (PyTorch aligns the causal mask top-left). The new "
                                   "token may see every cached key: leave is_causal out")
-            if t > 1 and _close(out, F.scaled_dot_product_attention(q_t, k[:, :, :t], v[:, :, :t]), atol=1e-5):
+            if t > 1 and close(out, F.scaled_dot_product_attention(q_t, k[:, :, :t], v[:, :, :t]), atol=1e-5):
                 raise CheckFailed(f"the output of {what}: the new token did not attend to itself: append its key and "
                                   "value to the caches first, then attend over all of them")
             expect_tensor(out, full[:, :, t:t + 1], f"the output of {what} (the new token attends to every cached "

@@ -10,16 +10,11 @@ import torch.nn.functional as F
 
 from ..attention import CrossAttention, causal_mask, padding_mask
 from ..bert import BertConfig, BertLayer
-from .core import (CheckFailed, differs, exercise, expect, expect_tensor, explain_runtime_error, oracle_forbidden,
+from .core import (CheckFailed, close, differs, exercise, expect, expect_tensor, explain_runtime_error, oracle_forbidden,
                    randomise, seeded)
 
 TINY = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
                   max_position_embeddings=32, dropout=0.0)
-
-
-def _close(got, wrong, atol=1e-4):
-    same_shape = torch.is_tensor(got) and got.shape == wrong.shape
-    return same_shape and torch.allclose(got.detach(), wrong, rtol=1e-4, atol=atol)
 
 
 def _randomised(module, seed):
@@ -89,7 +84,7 @@ def encoder_layer(fn):
         what = f"encoder_layer(x {tuple(x.shape)}, attention_mask {tuple(attention_mask.shape)}, layer)"
         if differs(got, expected, atol=1e-5):
             for mistake, wrong in _layer_mistakes(layer, x, attention_mask).items():
-                expect(not _close(got, wrong), f"{what}: {mistake}")
+                expect(not close(got, wrong), f"{what}: {mistake}")
         expect_tensor(got, expected, f"{what} (post-LN: x = attention_norm(x + attention(x, mask)); then "
                       "output_norm(x + output(gelu(intermediate(x)))); mask on the keys)", atol=1e-5)
         n += 1
@@ -215,7 +210,7 @@ def mlm_loss(fn):
         expect(torch.is_tensor(got) and got.dim() == 0, f"{what}: expected a 0-dim tensor, got {got!r}")
         if differs(got, expected, atol=1e-5):
             for mistake, wrong in _mlm_loss_mistakes(logits, labels).items():
-                expect(not _close(got, wrong, atol=1e-5), f"{what}: {mistake}")
+                expect(not close(got, wrong, atol=1e-5), f"{what}: {mistake}")
         expect_tensor(got, expected, f"{what} (mean cross-entropy over the positions whose label is not -100)", atol=1e-5)
     return "equal to F.cross_entropy with ignore_index=-100"
 
@@ -241,7 +236,7 @@ def mean_pool(fn):
                         "real tokens, attention_mask.sum(1, keepdim=True)": (hidden * m).sum(1) / T,
                         "the real tokens are summed, not averaged: divide by their number": (hidden * m).sum(1)}
             for mistake, wrong in mistakes.items():
-                expect(not _close(got, wrong, atol=1e-5), f"{what}: {mistake}")
+                expect(not close(got, wrong, atol=1e-5), f"{what}: {mistake}")
         expect_tensor(got, expected, f"{what} (the mean over real tokens, one vector per row)", atol=1e-5)
     return "the mean over real tokens, padding ignored"
 
@@ -295,7 +290,7 @@ def cross_attention(fn):
                               "(c_kv), and the mask (B, 1, 1, T_k) covers the keys") from err
         if differs(got, expected, atol=1e-5):
             for mistake, wrong in _cross_mistakes(ca, x, memory, memory_mask).items():
-                expect(not _close(got, wrong, atol=1e-5), f"{what}: {mistake}")
+                expect(not close(got, wrong, atol=1e-5), f"{what}: {mistake}")
         expect_tensor(got, expected, f"{what} (queries from x, keys and values from memory, padding keys masked, "
                       "heads split and merged as in chapter 03)", atol=1e-5)
         n += 1

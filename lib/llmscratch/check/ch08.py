@@ -12,15 +12,13 @@ from ..chat import SMOLLM2_SYSTEM
 from ..chat import apply_chat_template as reference_template
 from ..llama import LlamaConfig, RMSNorm, SwiGLU
 from ..positions import RoPE
-from .core import (CheckFailed, differs, exercise, expect, expect_tensor, explain_runtime_error, oracle_forbidden,
-                   randomise, run_refusing, seeded)
+from .core import (CheckFailed, close, differs, exercise, expect, expect_tensor, explain_runtime_error,
+                   oracle_forbidden, randomise, run_refusing, seeded)
 
 
 def _first_mistake(got, mistakes: dict, atol: float):
     for message, wrong in mistakes.items():
-        if torch.is_tensor(got) and got.shape == wrong.shape and torch.allclose(got.detach(), wrong, atol=atol,
-                                                                                  rtol=1e-4):
-            raise CheckFailed(message)
+        expect(not close(got, wrong, atol), message)
 
 
 # ---- rms_norm -----------------------------------------------------------------------------------------
@@ -42,18 +40,13 @@ def _rms_mistakes(x, weight, eps):
     }
 
 
+NO_BUILTIN = "torch's own rms_norm is this check's oracle: write it from x.pow(2).mean(...) and torch.rsqrt"
+
+
 def _without_builtin(fn, *args):
-    saved = F.rms_norm, torch.rms_norm
-    F.rms_norm = torch.rms_norm = _no_builtin_rms_norm
-    try:
+    with oracle_forbidden(F, NO_BUILTIN, "rms_norm"), oracle_forbidden(torch, NO_BUILTIN, "rms_norm"):
         return run_refusing(fn, args, {RMSNorm.forward: "the library's RMSNorm is this exercise's answer: write the "
                                        "formula yourself, from x.pow(2).mean(...) and torch.rsqrt"})
-    finally:
-        F.rms_norm, torch.rms_norm = saved
-
-
-def _no_builtin_rms_norm(*args, **kwargs):
-    raise CheckFailed("torch's own rms_norm is this check's oracle: write it from x.pow(2).mean(...) and torch.rsqrt")
 
 
 @exercise("rms_norm")

@@ -38,6 +38,12 @@ def seeded(seed: int):
         yield
 
 
+def close(got, wrong, atol: float = 1e-4) -> bool:
+    """`got` is a tensor of `wrong`'s shape and values: the answer made this typical mistake."""
+    same_shape = torch.is_tensor(got) and got.shape == wrong.shape
+    return same_shape and torch.allclose(got.detach(), wrong, rtol=1e-4, atol=atol)
+
+
 def differs(got, expected, atol: float) -> bool:
     """A tensor of the right shape with the wrong values: worth comparing with the usual mistakes."""
     same_shape = torch.is_tensor(got) and got.shape == expected.shape
@@ -90,16 +96,17 @@ def explain_runtime_error(marker: str, advice):
 
 
 @contextlib.contextmanager
-def oracle_forbidden(module_class, message: str):
-    """While the student's function runs, calling a `module_class` module (the check's oracle) raises
-    CheckFailed(message) instead of quietly giving the right answer."""
+def oracle_forbidden(owner, message: str, name: str = "forward"):
+    """While the student's function runs, calling owner.<name> (the check's oracle: a module class's forward,
+    or a function such as torch.rms_norm) raises CheckFailed(message) instead of quietly giving the answer."""
     def forbidden(*args, **kwargs):
         raise CheckFailed(message)
-    original, module_class.forward = module_class.forward, forbidden
+    original = getattr(owner, name)
+    setattr(owner, name, forbidden)
     try:
         yield
     finally:
-        module_class.forward = original
+        setattr(owner, name, original)
 
 
 def run_refusing(fn, args, oracles: dict, kwargs=None):
