@@ -1,10 +1,11 @@
 """The grading round trip, for real: nbgrader generate_assignment and autograde on a throw-away course per chapter.
 
-Four submissions per chapter: the solution (full marks), the untouched student notebook (zero, without
-crashing), one typical mistake (partial marks) and a student who broke two exercises and then deleted one
-test cell and emptied another (the original tests still run and catch both). Chapters in NOISY add a fifth:
-the solution with one answer that also writes to stderr (a debug print, a logging warning, a progress bar),
-which keeps full marks.
+Three submissions per chapter: the solution (full marks), the untouched student notebook (zero, without crashing)
+and a student who made one typical mistake, broke two more exercises and then deleted one test cell and emptied
+another (partial marks: the mistake is caught, and the original tests still run and catch both broken answers).
+Chapter 02 has only two exercises, so its mistake and its tampering are graded as two separate submissions. Chapters
+in NOISY add one more: the solution with one answer that also writes to stderr (a debug print, a logging warning, a
+progress bar), which keeps full marks. Every submission runs the whole notebook, so each one costs 10-35 s of CPU.
 """
 
 import os
@@ -32,9 +33,9 @@ CASES = {
         "mistake": ("softmax", "def softmax(x, dim=-1):\n    e = x.exp()  # no max subtracted: overflows\n"
                                "    return e / e.sum(dim=dim, keepdim=True)\n", {"test_softmax"}),
         "tamper": {
-            "broken": {"softmax": "def softmax(x, dim=-1):\n    return x\n",
+            "broken": {"counts_to_probs": "def counts_to_probs(counts, smoothing=1.0):\n    return counts.float()\n",
                        "cross_entropy": "def cross_entropy(logits, targets):\n    return logits.sum() * 0\n"},
-            "deleted": "test_softmax",
+            "deleted": "test_counts_to_probs",
             "emptied": "test_cross_entropy",
         },
     },
@@ -175,6 +176,8 @@ WORKERS = available_cpus() + 1
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "LLMSCRATCH_THREADS": "1"}
 # The chapters that also grade a noisy submission (the rule is nbgrader_config's, not a chapter's): two quick ones.
 NOISY = {"00_language_models", "03_attention"}
+# Chapters whose mistake and tampering are graded apart: with both, nothing would be left to pass.
+SEPARATE = {"02_embeddings_and_positions"}
 
 
 def nbgrader(*args, cwd, env=None):
@@ -223,15 +226,14 @@ def grade_chapter(chapter, course):
     case = CASES[chapter]
     wrong_id, wrong_source, _ = case["mistake"]
     tamper = case["tamper"]
-    tampered = with_answers(student, {**solution_answers, **tamper["broken"], tamper["emptied"]: "pass\n"})
+    with_mistake = {**solution_answers, wrong_id: wrong_source}
+    # The tampering goes on top of the mistake, except where the chapter grades the two apart.
+    base = solution_answers if chapter in SEPARATE else with_mistake
+    tampered = with_answers(student, {**base, **tamper["broken"], tamper["emptied"]: "pass\n"})
     tampered.cells = [c for c in tampered.cells if grade_id(c) != tamper["deleted"]]
-    submissions = {
-        "solution": with_answers(student, solution_answers),
-
-        "untouched": student,
-        "mistake": with_answers(student, {**solution_answers, wrong_id: wrong_source}),
-        "tampered": tampered,
-    }
+    submissions = {"solution": with_answers(student, solution_answers), "untouched": student, "tampered": tampered}
+    if chapter in SEPARATE:
+        submissions["mistake"] = with_answers(student, with_mistake)
     if chapter in NOISY:
         submissions["noisy"] = with_answers(student, {**solution_answers, wrong_id: noisy(solution_answers[wrong_id])})
     for name, nb in submissions.items():
@@ -268,7 +270,8 @@ def graded(request, gradebooks):
     """One chapter's grades: (chapter, scores, max score, gradebook)."""
     chapter = request.param
     gradebook = Gradebook(f"sqlite:///{gradebooks[chapter]}")
-    names = ("solution", "untouched", "mistake", "tampered") + (("noisy",) if chapter in NOISY else ())
+    names = ("solution", "untouched", "tampered") + (("mistake",) if chapter in SEPARATE else ()) + \
+        (("noisy",) if chapter in NOISY else ())
     scores = {name: gradebook.find_submission(chapter, name).score for name in names}
     max_score = gradebook.find_assignment(chapter).max_score
     print(f"\n{chapter}: scores out of {max_score}: {scores}")  # shown with `pytest -s`
@@ -298,15 +301,26 @@ def test_untouched_notebook_gets_zero_without_crashing(graded):
     assert scores["untouched"] == 0
 
 
+def mistaken(chapter):
+    """The submission holding the typical mistake."""
+    return "mistake" if chapter in SEPARATE else "tampered"
+
+
 def test_typical_mistake_gets_partial_marks(graded):
     chapter, scores, max_score, gradebook = graded
     _, _, should_fail = CASES[chapter]["mistake"]
-    assert failed_tests(gradebook, chapter, "mistake") == should_fail
-    assert 0 < scores["mistake"] < max_score
+    failed = failed_tests(gradebook, chapter, mistaken(chapter))
+    if chapter not in SEPARATE:
+        tamper = CASES[chapter]["tamper"]
+        failed -= {tamper["deleted"], tamper["emptied"]}
+    assert failed == should_fail
+    assert 0 < scores[mistaken(chapter)] < max_score
 
 
 def test_deleted_and_edited_tests_are_restored(graded):
     chapter, scores, max_score, gradebook = graded
     tamper = CASES[chapter]["tamper"]
-    assert failed_tests(gradebook, chapter, "tampered") == {tamper["deleted"], tamper["emptied"]}
+    _, _, should_fail = CASES[chapter]["mistake"]
+    expected = {tamper["deleted"], tamper["emptied"]} | (set() if chapter in SEPARATE else should_fail)
+    assert failed_tests(gradebook, chapter, "tampered") == expected
     assert scores["tampered"] < max_score
