@@ -207,7 +207,7 @@ class GroupedQueryAttention(nn.Module):
         self.dropout, self.use_sdpa = dropout, use_sdpa
 
     def forward(self, x: torch.Tensor, rope=None, mask=None, cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
+                layer: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape                                                                 # (B, T, C)
         hs = self.head_size
         q = self.q_proj(x).view(B, T, self.n_head, hs).transpose(1, 2)                   # (B, nh, T, hs)
@@ -215,7 +215,7 @@ class GroupedQueryAttention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)                # (B, nkv, T, hs)
         start = cache.length if cache is not None else 0
         if rope is not None:   # positions start .. start + T - 1: keys are cached already rotated
-            q, k = rope(q, offset=start), rope(k, offset=start)
+            q, k = rope(q, offset=start, positions=positions), rope(k, offset=start, positions=positions)
         if cache is not None:
             k, v = cache.append(layer, k, v)                                              # (B, nkv, S, hs)
         n_rep = self.n_head // self.n_kv_head

@@ -83,8 +83,8 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x, rope, cache=None, layer=0):
-        x = x + self.self_attn(self.input_layernorm(x), rope=rope, cache=cache, layer=layer)
+    def forward(self, x, rope, cache=None, layer=0, mask=None, positions=None):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer, positions)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -105,17 +105,25 @@ class Llama(CausalLM):
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, ignore_index: int = -100, cache: KVCache | None = None):
+    def forward(self, idx, targets=None, ignore_index: int = -100, cache: KVCache | None = None,
+                segment_ids=None, position_ids=None):
         """Logits (B, T, vocab) for token ids idx (B, T), and with targets the mean cross-entropy over
-        the positions whose target is not ignore_index: the same contract as the GPT's."""
+        the positions whose target is not ignore_index: the same contract as the GPT's.
+        Packed rows (chapter 09) pass segment_ids (B, T), which example each token belongs to: a token
+        attends only to earlier tokens of its own example; position_ids (B, T) restart at 0 in each."""
         B, T = idx.shape
+        mask = None
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("packed rows (segment_ids) are for training and scoring, not for cached generation")
+            mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]        # (B, 1, T, T)
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than the context of {self.config.block_size} "
                              "(block_size): crop the input to the last block_size tokens")
         x = self.model.embed_tokens(idx)                                                 # (B, T, C)
         for layer, block in enumerate(self.model.layers):
-            x = block(x, self.rope, cache, layer)
+            x = block(x, self.rope, cache, layer, mask, position_ids)
         if cache is not None:
             cache.length += T
         logits = self.lm_head(self.model.norm(x))                                        # (B, T, vocab)

@@ -68,12 +68,17 @@ class RoPE(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
         self.max_positions = max_positions
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """x: (B, nh, T, hs) for positions offset .. offset + T - 1."""
+    def forward(self, x: torch.Tensor, offset: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, nh, T, hs) for positions offset .. offset + T - 1, or for the positions (B, T) given
+        (packed sequences: each example restarts at 0)."""
         T = x.shape[-2]
-        if offset + T > self.max_positions:
-            raise ValueError(f"sequence reaches position {offset + T - 1}, but the RoPE cache holds "
+        last = offset + T - 1 if positions is None else int(positions.max())
+        if last >= self.max_positions:
+            raise ValueError(f"sequence reaches position {last}, but the RoPE cache holds "
                              f"{self.max_positions} positions: build RoPE with a larger max_positions")
+        if positions is not None:
+            cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]        # (B, 1, T, hs)
+            return apply_rope(x, cos.to(x.dtype), sin.to(x.dtype))
         cos = self.cos[offset:offset + T].to(x.dtype)
         sin = self.sin[offset:offset + T].to(x.dtype)
         return apply_rope(x, cos, sin)
