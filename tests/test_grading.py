@@ -3,9 +3,9 @@
 Three submissions per chapter: the solution (full marks), the untouched student notebook (zero, without crashing)
 and a student who made one typical mistake, broke two more exercises and then deleted one test cell and emptied
 another (partial marks: the mistake is caught, and the original tests still run and catch both broken answers).
-Chapter 02 has only two exercises, so its mistake and its tampering are graded as two separate submissions. Chapters
-in NOISY add one more: the solution with one answer that also writes to stderr (a debug print, a logging warning, a
-progress bar), which keeps full marks. Every submission runs the whole notebook, so each one costs 10-35 s of CPU.
+In chapters 02 and 03 the mistake and the tampering together would break every exercise, so there they are two
+separate submissions. Chapters in NOISY add one more: the solution with one answer that also writes to stderr (a
+debug print, a logging warning, a progress bar), which keeps full marks. Every submission runs the whole notebook, so each one costs 10-35 s of CPU.
 """
 
 import os
@@ -176,8 +176,8 @@ WORKERS = available_cpus() + 1
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "LLMSCRATCH_THREADS": "1"}
 # The chapters that also grade a noisy submission (the rule is nbgrader_config's, not a chapter's): two quick ones.
 NOISY = {"00_language_models", "03_attention"}
-# Chapters whose mistake and tampering are graded apart: with both, nothing would be left to pass.
-SEPARATE = {"02_embeddings_and_positions"}
+# Chapters whose mistake and tampering are graded apart: with both in one notebook, nothing would be left to pass.
+SEPARATE = {"02_embeddings_and_positions", "03_attention"}
 
 
 def nbgrader(*args, cwd, env=None):

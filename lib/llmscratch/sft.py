@@ -314,6 +314,7 @@ def fine_tune(model, tokenizer, examples, p: dict, method: str, on_step=None, se
     lr = p["lr_lora"] if method == "lora" else p["lr_full"]
     optimizer = configure_optimizer(model, lr=lr, weight_decay=0.0)
     device = next(model.parameters()).device
+    examples = list(examples)   # reshuffled each epoch: the caller's list stays as it was
     order = random.Random(seed)
     log, cursor = [], 0
     for step in range(p["steps"]):
