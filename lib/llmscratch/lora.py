@@ -170,7 +170,8 @@ def load_adapter(model: nn.Module, folder) -> nn.Module:
             tensor = state[f"{PEFT_PREFIX}{name}.{part}.weight"]
             weight = getattr(layer, part).weight
             if tensor.shape != weight.shape:
-                raise ValueError(f"{name}.{part}: the adapter has {tuple(tensor.shape)}, the model {tuple(weight.shape)}")
+                raise ValueError(f"the adapter in {folder} does not fit this model: {name}.{part} is "
+                                 f"{tuple(tensor.shape)} in the adapter, {tuple(weight.shape)} in the model")
             with torch.no_grad():
                 weight.copy_(tensor)
     return model

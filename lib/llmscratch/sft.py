@@ -151,18 +151,27 @@ class Splits:
     test: list = field(default_factory=list)
 
 
-def conversation_splits(seed: int = 0, fractions=(0.8, 0.1, 0.1)) -> Splits:
+def conversation_splits(seed: int = 0, fractions=(0.7, 0.1, 0.2)) -> Splits:
     """Every chatterbot dialogue (English and Chinese) once (the corpus repeats a few), in a fixed random
-    split by conversation: no conversation is in two splits, so the questions of the target task's test
-    set (the first turns of test conversations) were never trained on in any form."""
-    seen, dialogues = set(), []
+    split by conversation: no conversation is in two splits. Conversations that open with the same words
+    ("Are you glad" opens several) stay together, so the target task's test questions (the first turns of
+    test conversations) were never trained on in any form."""
+    groups = {}
     for d in chatterbot_dialogues():
-        if d.language in ("english", "chinese") and len(d.turns) >= 2 and d.turns not in seen:
-            seen.add(d.turns)
-            dialogues.append(d)
-    random.Random(seed).shuffle(dialogues)
-    n_train, n_val = int(len(dialogues) * fractions[0]), int(len(dialogues) * fractions[1])
-    return Splits(dialogues[:n_train], dialogues[n_train:n_train + n_val], dialogues[n_train + n_val:])
+        if d.language in ("english", "chinese") and len(d.turns) >= 2:
+            group = groups.setdefault((d.language, d.turns[0].lower().strip(" ?!.")), [])
+            if d.turns not in {g.turns for g in group}:
+                group.append(d)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    n = sum(len(g) for g in order)
+    splits, bounds = Splits(), (fractions[0] * n, (fractions[0] + fractions[1]) * n)
+    seen = 0
+    for group in order:
+        part = splits.train if seen < bounds[0] else splits.val if seen < bounds[1] else splits.test
+        part.extend(group)
+        seen += len(group)
+    return splits
 
 
 def chat_messages(dialogue, max_turns: int | None = None) -> list[dict]:

@@ -77,7 +77,7 @@ def assistant_labels(fn):
         got = [int(t) for t in got]
         expected = sft.assistant_labels(ids, HEADER, END)
         if got != expected:
-            wrong_ignore = [t for t in got if t not in ids]
+            wrong_ignore = [t for t in got if t not in ids and t != IGNORE]
             expect(not wrong_ignore, f"ignored positions must hold IGNORE_INDEX = {IGNORE} (what cross_entropy skips), "
                                      f"found {sorted(set(wrong_ignore))}")
             for message, wrong in _label_mistakes(ids).items():
@@ -161,8 +161,8 @@ def merged_weight(fn):
         with torch.no_grad():
             layer.lora_B.weight.copy_(torch.randn(out_f, r, generator=g))
         w0 = base.weight.detach().clone()
-        with explain_runtime_error("must match", lambda err: (
-                f"shapes do not fit ({err}): the update is B @ A, (out, r) @ (r, in) = (out, in), W's shape")):
+        advice = lambda err: f"shapes do not fit ({err}): the update is B @ A, (out, r) @ (r, in) = (out, in), W's shape"
+        with explain_runtime_error("must match", advice), explain_runtime_error("cannot be multiplied", advice):
             got = run_refusing(fn, (layer,), {LoRALinear.delta_weight: "the library's delta_weight is the answer: "
                                               "compute the update yourself", LoRALinear.merge: (
                                               "the library's merge is the answer: compute the merged weight yourself")})
