@@ -166,6 +166,35 @@ CASES = {
             "emptied": "test_chat_template",
         },
     },
+    "09_instruction_tuning": {
+        # The end of each reply left out of the targets: the tuned model would never stop.
+        "mistake": ("assistant_labels", "def assistant_labels(ids, header, end_id):\n"
+                                        "    labels, inside = [IGNORE_INDEX] * len(ids), False\n"
+                                        "    for i, t in enumerate(ids):\n"
+                                        "        if ids[i - len(header) + 1:i + 1] == header:\n"
+                                        "            inside = True\n"
+                                        "        elif t == end_id:\n"
+                                        "            inside = False\n"
+                                        "        elif inside:\n"
+                                        "            labels[i] = t\n"
+                                        "    return labels\n", {"test_assistant_labels"}),
+        "tamper": {
+            "broken": {"lora_linear": "class LoRALinear(nn.Module):\n"
+                                      "    def __init__(self, base_layer, r=8, alpha=16.0):\n"
+                                      "        super().__init__()\n        self.base_layer = base_layer\n"
+                                      "        self.scaling = r / alpha\n"
+                                      "        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False)\n"
+                                      "        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False)\n\n"
+                                      "    def forward(self, x):\n"
+                                      "        return self.base_layer(x) + self.scaling * self.lora_B(self.lora_A(x))\n",
+                       "rouge_l": "def rouge_l(candidate, reference):\n"
+                                  "    c, r = set(candidate.lower().split()), set(reference.lower().split())\n"
+                                  "    p, q = len(c & r) / max(len(c), 1), len(c & r) / max(len(r), 1)\n"
+                                  "    return {'precision': p, 'recall': q, 'f1': 2 * p * q / (p + q) if p + q else 0.0}\n"},
+            "deleted": "test_lora_linear",
+            "emptied": "test_rouge_l",
+        },
+    },
 }
 
 
@@ -246,7 +275,8 @@ def grade_chapter(chapter, course):
 
 # Longest first, so that no slow chapter is left running alone at the end (00 trains in an ungraded cell, 08 loads
 # a 135M-parameter model twice per submission); the rest in order.
-SLOW_FIRST = ("00_language_models", "08_llama", "07_classification", "06_bert", "05_pretraining")
+SLOW_FIRST = ("09_instruction_tuning", "00_language_models", "08_llama", "07_classification", "06_bert",
+              "05_pretraining")
 
 
 @pytest.fixture(scope="session")
@@ -255,8 +285,8 @@ def gradebooks(request, tmp_path_factory):
     chapters = {item.callspec.params["graded"] for item in request.session.items
                 if hasattr(item, "callspec") and "graded" in item.callspec.params}
     chapters = sorted(chapters, key=lambda c: (SLOW_FIRST.index(c) if c in SLOW_FIRST else len(SLOW_FIRST), c))
-    if "08_llama" in chapters:
-        smollm2_dir()   # convert SmolLM2 once, on every thread, before four one-thread kernels need it
+    if {"08_llama", "09_instruction_tuning"} & set(chapters):
+        smollm2_dir()   # convert SmolLM2 once, on every thread, before the one-thread kernels of 08 and 09 need it
     with ThreadPoolExecutor(WORKERS) as pool:
         futures = {c: pool.submit(grade_chapter, c, tmp_path_factory.mktemp(f"course-{c}")) for c in chapters}
         done = {c: f.result() for c, f in futures.items()}
