@@ -244,14 +244,19 @@ def test_packed_rows_give_each_example_its_own_logits(tokenizer):
 def test_greedy_exact_match_agrees_with_generation(tokenizer):
     model, _ = load_smollm2()
     splits = sft.conversation_splits()
-    questions = sft.topic_questions(splits.test)[:8]
-    prompts = [sft.topic_messages(q) for q, _ in questions]
+    questions = sft.topic_questions(splits.test)[:4]
+    short = ["Say only the word yes.", "What is 2+2? Answer with the number only.", "Name one primary colour.",
+             "Reply with one word: what is frozen water?"]
+    prompts = [sft.topic_messages(q) for q, _ in questions] + [[{"role": "user", "content": q}] for q in short]
     replies = [sft.reply(model, tokenizer, p, max_new_tokens=40) for p in prompts]
-    # the model's own greedy replies match (when it stopped within 40 tokens), the true topics do not (it fails)
+    # the model's own greedy replies match exactly when it stopped within 40 tokens, and only then
     own = sft.greedy_exact_match(model, tokenizer, prompts, replies)
     stopped = [len(tokenizer.encode(r)) < 39 for r in replies]
-    assert [o for o, s in zip(own, stopped) if s] == [True] * sum(stopped) and sum(stopped) >= 3
-    assert not any(sft.greedy_exact_match(model, tokenizer, prompts, [t for _, t in questions]))
+    assert own == stopped and sum(stopped) >= 3, (replies, own)
+    # a reply one token short of the model's (it would go on) or with a token changed does not match
+    cut = [tokenizer.decode(tokenizer.encode(r)[:-1]) for r in replies]
+    assert not any(o for o, r in zip(sft.greedy_exact_match(model, tokenizer, prompts, cut), replies) if len(r) > 1)
+    assert not any(sft.greedy_exact_match(model, tokenizer, prompts[:4], [t for _, t in questions]))  # it fails the task
 
 
 def test_splits_are_by_conversation():
@@ -310,3 +315,13 @@ def test_text_metrics_edge_cases():
     assert rouge_l("Paris is the capital.", "The capital is Paris.")["f1"] == pytest.approx(0.5)  # order matters
     with pytest.raises(ValueError, match="one entry per hypothesis"):
         bleu(["a"], ["a", "b"])
+
+
+def test_command_line_tunes_and_writes_a_peft_adapter(tmp_path, tokenizer):
+    results = sft.main(["--preset", "quick", "--method", "lora", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["trainable"] == results["trainable"] < 0.05 * saved["total"]
+    assert set(saved["before"]) == set(saved["after"]) == {"success", "questions", "val_loss", "forgetting_loss"}
+    assert saved["memory"]["optimizer"] == 2 * 4 * saved["trainable"]   # AdamW: two fp32 numbers per trainable weight
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["target_modules"] == sorted(sft.LORA_TARGETS) and config["r"] == sft.PRESETS["quick"]["rank"]

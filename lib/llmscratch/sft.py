@@ -265,7 +265,7 @@ def text_loss(model, tokenizer, text: str, block: int = 128, blocks: int = 8) ->
 def forgetting_text() -> str:
     """Held-out general text for the forgetting check: a slice of Python's language reference."""
     text = python_reference_text()
-    return text[len(text) // 2:len(text) // 2 + 20000]
+    return text[len(text) // 2:len(text) // 2 + 40000]
 
 
 def training_memory(model, optimizer) -> dict:
@@ -285,12 +285,15 @@ def training_memory(model, optimizer) -> dict:
 # quick: CI and autograding. cpu: the notebook on a 2-core laptop (30 s for LoRA, 50 s for full fine-tuning).
 # gpu: the full run (every training example for several epochs, all conversation turns).
 PRESETS = {
-    "quick": dict(steps=3, batch_size=4, accum=1, lr_lora=2e-3, lr_full=5e-5, rank=8, alpha=16, warmup=1,
-                  max_len=80, max_turns=2, chat_fraction=0.25, eval_questions=16, eval_chats=4),
+    "quick": dict(steps=2, batch_size=4, accum=1, lr_lora=2e-3, lr_full=5e-5, rank=8, alpha=16, warmup=1,
+                  max_len=80, max_turns=2, chat_fraction=0.25, eval_questions=8, eval_chats=2, forget_blocks=2,
+                  shown=2),
     "cpu": dict(steps=14, batch_size=8, accum=1, lr_lora=3e-3, lr_full=1e-4, rank=8, alpha=16, warmup=2,
-                max_len=80, max_turns=2, chat_fraction=0.25, eval_questions=64, eval_chats=24),
+                max_len=80, max_turns=2, chat_fraction=0.25, eval_questions=64, eval_chats=24, forget_blocks=8,
+                shown=4),
     "gpu": dict(steps=300, batch_size=16, accum=2, lr_lora=1e-3, lr_full=2e-5, rank=16, alpha=32, warmup=20,
-                max_len=256, max_turns=None, chat_fraction=0.5, eval_questions=None, eval_chats=None),
+                max_len=256, max_turns=None, chat_fraction=0.5, eval_questions=None, eval_chats=None,
+                forget_blocks=32, shown=8),
 }
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -312,7 +315,7 @@ def evaluation(model, tokenizer, splits: Splits, p: dict) -> dict:
     chats = [encode_chat(chat_messages(d, p["max_turns"]), tokenizer, p["max_len"]) for d in splits.val[:p["eval_chats"]]]
     return {"success": sum(hits) / len(hits), "questions": len(hits),
             "val_loss": mean_assistant_loss(model, tokenizer, chats),
-            "forgetting_loss": text_loss(model, tokenizer, forgetting_text())}
+            "forgetting_loss": text_loss(model, tokenizer, forgetting_text(), blocks=p["forget_blocks"])}
 
 
 def fine_tune(model, tokenizer, examples, p: dict, method: str, on_step=None, seed: int = 0):
