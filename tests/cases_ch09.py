@@ -211,6 +211,31 @@ def step_without_zero_grad(model, optimizer, examples, pad_id):
     return loss.item()
 
 
+def step_without_clipping(model, optimizer, examples, pad_id):
+    ids, labels = _pad(examples, pad_id)
+    optimizer.zero_grad()
+    _, loss = model(ids[:, :-1], labels[:, 1:])
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_loss_from_tuple(model, optimizer, examples, pad_id):
+    ids, labels = _pad(examples, pad_id)
+    optimizer.zero_grad()
+    loss = model(ids[:, :-1], labels[:, 1:])
+    loss.backward()
+    return loss.item()
+
+
+def optimizer_adam(model, lr):
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+
+def optimizer_default_lr(model, lr):
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+
+
 def step_with_library(model, optimizer, examples, pad_id):
     from llmscratch.sft import shifted
     from llmscratch.train import train_step
@@ -233,6 +258,17 @@ def rouge_swapped(candidate, reference):
 
 def rouge_raw_words(candidate, reference):
     return rouge_l(candidate, reference, words=str.split)
+
+
+def rouge_without_zero_guard(candidate, reference):
+    c, r = _words(candidate), _words(reference)
+    lcs = rouge_l(candidate, reference)["precision"] * len(c) if c else 0
+    p, rec = lcs / len(c), lcs / len(r)
+    return {"precision": p, "recall": rec, "f1": 2 * p * rec / (p + rec)}
+
+
+def rouge_word_regex(candidate, reference):
+    return rouge_l(candidate, reference, words=lambda text: re.findall(r"\w+", text.lower()))
 
 
 def rouge_from_library(candidate, reference):
@@ -272,6 +308,12 @@ MISTAKES = [
     (check.ch09.sft_step, step_on_prompts, "prompts included"),
     (check.ch09.sft_step, step_without_zero_grad, "zero_grad"),
     (check.ch09.sft_step, step_with_library, "library's collate"),
+    (check.ch09.sft_step, step_without_clipping, "not clipped"),
+    (check.ch09.sft_step, step_loss_from_tuple, "returns \\(logits, loss\\)"),
+    (check.ch09.make_optimizer, optimizer_adam, "expected AdamW"),
+    (check.ch09.make_optimizer, optimizer_default_lr, "learning rate"),
+    (check.ch09.rouge_l, rouge_without_zero_guard, "divided by zero"),
+    (check.ch09.rouge_l, rouge_word_regex, "not normalised"),
     (check.ch09.rouge_l, rouge_1, "ROUGE-1"),
     (check.ch09.rouge_l, rouge_swapped, "swapped"),
     (check.ch09.rouge_l, rouge_raw_words, "not normalised"),

@@ -288,7 +288,7 @@ PRESETS = {
     "quick": dict(steps=2, batch_size=4, accum=1, lr_lora=2e-3, lr_full=5e-5, rank=8, alpha=16, warmup=1,
                   max_len=80, max_turns=2, chat_fraction=0.25, eval_questions=8, eval_chats=2, forget_blocks=2,
                   shown=2),
-    "cpu": dict(steps=14, batch_size=8, accum=1, lr_lora=3e-3, lr_full=1e-4, rank=8, alpha=16, warmup=2,
+    "cpu": dict(steps=12, batch_size=8, accum=1, lr_lora=3e-3, lr_full=1e-4, rank=8, alpha=16, warmup=2,
                 max_len=80, max_turns=2, chat_fraction=0.25, eval_questions=64, eval_chats=24, forget_blocks=8,
                 shown=4),
     "gpu": dict(steps=300, batch_size=16, accum=2, lr_lora=1e-3, lr_full=2e-5, rank=16, alpha=32, warmup=20,
@@ -350,6 +350,22 @@ def fine_tune(model, tokenizer, examples, p: dict, method: str, on_step=None, se
     return log, optimizer
 
 
+def peak_memory(device) -> dict:
+    """The process's peak memory so far: resident set size on the CPU (weights, gradients, optimizer state and
+    activations together), and what PyTorch allocated at most on a GPU."""
+    out = {}
+    try:
+        import resource
+        import sys
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["peak_rss_bytes"] = rss if sys.platform == "darwin" else rss * 1024   # Linux counts KiB
+    except ImportError:   # Windows has no resource module
+        pass
+    if torch.device(device).type == "cuda":
+        out["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+    return out
+
+
 def main(argv=None):
     from .llama import load_smollm2
     from .lora import apply_lora, save_adapter, trainable_parameters
@@ -397,9 +413,10 @@ def main(argv=None):
     results = {"preset": args.preset, "method": args.method, "trainable": trainable, "total": total,
                "before": before, "after": after, "final_loss": log[-1]["loss"],
                "memory": training_memory(model, optimizer),
-               "seconds_per_step": sum(s["seconds"] for s in log) / len(log)}
+               "seconds_per_step": sum(s["seconds"] for s in log) / len(log), **peak_memory(device)}
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"results: {args.out / 'results.json'}")
+    peaks = ", ".join(f"{k[:-6].replace('_', ' ')} {v / 2**30:.2f} GiB" for k, v in results.items() if k.startswith("peak"))
+    print(f"{peaks}; results: {args.out / 'results.json'}")
     return results
 
 

@@ -125,7 +125,8 @@ def lora_linear(cls):
                f"the base layer's weights are still trainable ({sorted(trainable)}): freeze them with "
                "base_layer.requires_grad_(False); LoRA trains A and B only")
         expect(trainable == {"lora_A.weight", "lora_B.weight"},
-               f"the trainable parameters must be exactly lora_A.weight and lora_B.weight, got {sorted(trainable)}")
+               f"the trainable parameters must be exactly lora_A.weight and lora_B.weight (Linear layers with "
+               f"bias=False), got {sorted(trainable)}")
         with torch.no_grad():
             layer.lora_B.weight.copy_(torch.randn(out_f, r, generator=g))
             got = layer(x)
@@ -189,6 +190,9 @@ def _tiny_lora_model(seed):
         torch.manual_seed(seed)
         model = Llama(LlamaConfig(vocab_size=64, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
                                   intermediate_size=48))
+        with torch.no_grad():   # weights 5x their init: confident logits, gradient norms above 1, so clipping shows
+            for p in model.parameters():
+                p.mul_(5.0)
         apply_lora(model, ("q_proj", "v_proj"), r=4, alpha=8)
         for layer in model.modules():
             if isinstance(layer, LoRALinear):
@@ -228,7 +232,7 @@ def _mistaken_losses(model, examples, pad_id):
 @exercise("make_optimizer")
 def make_optimizer(fn):
     model = _tiny_lora_model(0)
-    optimizer = fn(model, 1e-3)
+    optimizer = fn(model, 3e-4)
     expect(isinstance(optimizer, torch.optim.Optimizer), f"make_optimizer must return a torch.optim optimizer, "
                                                           f"got {type(optimizer).__name__}")
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -237,7 +241,10 @@ def make_optimizer(fn):
                          "apply_lora, with the parameters that require grad")
     expect(held <= lora, "the optimizer holds frozen weights too: give it only the parameters with requires_grad "
                          "(the point of LoRA: optimizer state for A and B only)")
-    return f"{len(held)} tensors, all of them LoRA's"
+    expect(isinstance(optimizer, torch.optim.AdamW), f"expected AdamW (torch.optim.AdamW), got {type(optimizer).__name__}")
+    expect(all(group["lr"] == 3e-4 for group in optimizer.param_groups),
+           f"make_optimizer(model, lr=3e-4) must use that learning rate, got {[g['lr'] for g in optimizer.param_groups]}")
+    return f"AdamW over {len(held)} tensors, all of them LoRA's"
 
 
 @exercise("sft_step")
@@ -254,19 +261,33 @@ def sft_step(step_fn):
         mistakes = _mistaken_losses(model, examples, pad_id)
         expected_loss = train_step(reference, ref_sgd, [sft.shifted(sft.collate(examples, pad_id))], grad_clip=1.0)["loss"]
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        got = run_refusing(step_fn, (model, sgd, copy.deepcopy(examples), pad_id), {
-            sft.collate: "the library's collate is part of this exercise: pad the batch yourself",
-            sft.shifted: "the library's shifted is part of this exercise: shift the labels yourself",
-            train_step: "chapter 05's train_step does this exercise's work: write the step yourself"})
+        unclipped = copy.deepcopy(model)   # what a step without clipping would give, to name that mistake
+        train_step(unclipped, torch.optim.SGD([p for p in unclipped.parameters() if p.requires_grad], lr=lr),
+                   [sft.shifted(sft.collate(examples, pad_id))], grad_clip=None)
+        try:
+            got = run_refusing(step_fn, (model, sgd, copy.deepcopy(examples), pad_id), {
+                sft.collate: "the library's collate is part of this exercise: pad the batch yourself",
+                sft.shifted: "the library's shifted is part of this exercise: shift the labels yourself",
+                train_step: "chapter 05's train_step does this exercise's work: write the step yourself"})
+        except AttributeError as err:
+            if "'tuple' object" in str(err):
+                raise CheckFailed(f"{err}: the model returns (logits, loss); take the loss with "
+                                  "_, loss = model(ids[:, :-1], labels[:, 1:])") from err
+            raise
         expect(isinstance(got, float), f"sft_step must return the loss as a float (loss.item()), got {type(got).__name__}")
         for message, wrong in mistakes.items():
             expect(abs(got - wrong) > 1e-4 or abs(wrong - expected_loss) < 1e-4, message)
         expect(abs(got - expected_loss) < 1e-4, f"step {step + 1}: loss {got:.5f}, expected {expected_loss:.5f} "
-                                                "(mean cross-entropy over the target tokens of the padded batch)")
+                                                "(mean cross-entropy over the target tokens of the padded batch; padded "
+                                                "positions of the labels must be IGNORE_INDEX)")
         changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
         expect(changed, "no weight changed: call optimizer.step() after loss.backward()")
         expect(changed <= lora_names, f"frozen weights changed: {sorted(changed - lora_names)[:3]}")
-        target = dict(reference.named_parameters())
+        target, free = dict(reference.named_parameters()), dict(unclipped.named_parameters())
+        clipping_mattered = not all(torch.allclose(target[n], free[n], atol=1e-6) for n in target)
+        expect(not (clipping_mattered and all(torch.allclose(p, free[n], atol=1e-6) for n, p in model.named_parameters())),
+               "the gradients were not clipped: call torch.nn.utils.clip_grad_norm_(trainable parameters, 1.0) "
+               "between backward() and optimizer.step(); one bad batch can otherwise throw the adapter far off")
         for n, p in model.named_parameters():
             if not torch.allclose(p, target[n], atol=1e-5):
                 raise CheckFailed(f"after step {step + 1}, {n} differs from the reference step (zero the old gradients, "
@@ -311,15 +332,20 @@ ROUGE_PAIRS = [("the cat sat on the mat", "the cat is on the mat"),
                ("I like to read books about history", "I read history books"),
                ("yes", "Yes, I do."), ("no idea", "I have no idea at all, sorry"),
                ("a b c d e", "e d c b a"), ("", "something"), ("the the the", "the cat"),
-               ("The model wrote this reply, and that one.", "this reply and that one the model wrote")]
+               ("The model wrote this reply, and that one.", "this reply and that one the model wrote"),
+               ("snake_case names", "snake case names"), ("中文 text", "text")]   # "_" and non-ASCII are spaces
 
 
 @exercise("rouge_l")
 def rouge_l(fn):
     for c, r in ROUGE_PAIRS:
-        got = run_refusing(fn, (c, r), {metrics.rouge_l: "the library's rouge_l is this exercise's answer: write it "
-                                        "yourself", metrics.lcs_length: "the library's lcs_length is part of the "
-                                        "answer: write the dynamic programme yourself"})
+        try:
+            got = run_refusing(fn, (c, r), {metrics.rouge_l: "the library's rouge_l is this exercise's answer: write it "
+                                            "yourself", metrics.lcs_length: "the library's lcs_length is part of the "
+                                            "answer: write the dynamic programme yourself"})
+        except ZeroDivisionError as err:
+            raise CheckFailed(f"rouge_l({c!r}, {r!r}) divided by zero: when the LCS is 0 (or one side has no words) "
+                              "return 0.0 for precision, recall and f1") from err
         expect(isinstance(got, dict) and {"precision", "recall", "f1"} <= set(got),
                f"rouge_l must return a dict with precision, recall and f1, got {got!r}")
         got_t = tuple(float(got[k]) for k in ("precision", "recall", "f1"))
