@@ -1,7 +1,7 @@
 """The grading round trip, for real: nbgrader generate_assignment and autograde on a throw-away course per chapter.
 
-Three submissions per chapter: the solution (full marks), the untouched student notebook (zero, without crashing)
-and a student who made one typical mistake, broke two more exercises and then deleted one test cell and emptied
+Three submissions per chapter: the solution (full marks), the untouched student notebook (zero, without crashing;
+its ungraded code cells other than the setup are emptied, see `untouched`) and a student who made one typical mistake, broke two more exercises and then deleted one test cell and emptied
 another (partial marks: the mistake is caught, and the original tests still run and catch both broken answers).
 In chapters 02 and 03 the mistake and the tampering together would break every exercise, so there they are two
 separate submissions. Chapters in NOISY add one more: the solution with one answer that also writes to stderr (a
@@ -228,6 +228,18 @@ def with_answers(student_nb, answers):
     return nb
 
 
+def untouched(student_nb):
+    """The student notebook as released, with its ungraded code cells (the trainings, plots and demos between the
+    exercises, which the solution submission and nbval run anyway) emptied: what this case tests is that unimplemented
+    exercises score zero and that their errors do not stop grading, and the ungraded cells cost most of the time
+    (30 s of 40 in chapter 09). The setup cell stays, so a test that passes without an implementation still shows."""
+    nb = nbformat.from_dict(student_nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "nbgrader" not in cell.metadata:
+            cell.source = "pass"
+    return nb
+
+
 def noisy(answer):
     """A correct answer that also writes to stderr each time it runs: a debug print, a logging warning and a
     progress bar, as students' code does."""
@@ -260,7 +272,8 @@ def grade_chapter(chapter, course):
     base = solution_answers if chapter in SEPARATE else with_mistake
     tampered = with_answers(student, {**base, **tamper["broken"], tamper["emptied"]: "pass\n"})
     tampered.cells = [c for c in tampered.cells if grade_id(c) != tamper["deleted"]]
-    submissions = {"solution": with_answers(student, solution_answers), "untouched": student, "tampered": tampered}
+    submissions = {"solution": with_answers(student, solution_answers), "untouched": untouched(student),
+                   "tampered": tampered}
     if chapter in SEPARATE:
         submissions["mistake"] = with_answers(student, with_mistake)
     if chapter in NOISY:
