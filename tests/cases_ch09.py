@@ -170,60 +170,50 @@ def optimizer_without_lora(model, lr):
     return torch.optim.AdamW([p for n, p in model.named_parameters() if "lora_" not in n], lr=lr)
 
 
+def _update(model, optimizer, x, y, zero_grad=True, clip=True):
+    """The rest of a step, with the mistakes below switching one part off."""
+    if zero_grad:
+        optimizer.zero_grad()
+    _, loss = model(x, y)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    return loss.item()
+
+
 def step_pad_by_value(model, optimizer, examples, pad_id):
     ids, labels = _pad(examples, pad_id)
     labels = labels.masked_fill(ids == pad_id, IGNORE_INDEX)   # also hides every real <|im_end|>
-    optimizer.zero_grad()
-    _, loss = model(ids[:, :-1], labels[:, 1:])
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-    optimizer.step()
-    return loss.item()
+    return _update(model, optimizer, ids[:, :-1], labels[:, 1:])
 
 
 def step_unshifted(model, optimizer, examples, pad_id):
     ids, labels = _pad(examples, pad_id)
-    optimizer.zero_grad()
-    _, loss = model(ids, labels)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+    return _update(model, optimizer, ids, labels)
 
 
 def step_on_prompts(model, optimizer, examples, pad_id):
     ids, _ = _pad(examples, pad_id)
     lengths = torch.tensor([len(e["input_ids"]) for e in examples])
     targets = ids.masked_fill(torch.arange(ids.shape[1]) >= lengths[:, None], IGNORE_INDEX)   # every real token
-    optimizer.zero_grad()
-    _, loss = model(ids[:, :-1], targets[:, 1:])
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-    optimizer.step()
-    return loss.item()
+    return _update(model, optimizer, ids[:, :-1], targets[:, 1:])
 
 
 def step_without_zero_grad(model, optimizer, examples, pad_id):
     ids, labels = _pad(examples, pad_id)
-    _, loss = model(ids[:, :-1], labels[:, 1:])
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-    optimizer.step()
-    return loss.item()
+    return _update(model, optimizer, ids[:, :-1], labels[:, 1:], zero_grad=False)
 
 
 def step_without_clipping(model, optimizer, examples, pad_id):
     ids, labels = _pad(examples, pad_id)
-    optimizer.zero_grad()
-    _, loss = model(ids[:, :-1], labels[:, 1:])
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+    return _update(model, optimizer, ids[:, :-1], labels[:, 1:], clip=False)
 
 
 def step_loss_from_tuple(model, optimizer, examples, pad_id):
     ids, labels = _pad(examples, pad_id)
     optimizer.zero_grad()
-    loss = model(ids[:, :-1], labels[:, 1:])
+    loss = model(ids[:, :-1], labels[:, 1:])   # (logits, loss): .backward() fails
     loss.backward()
     return loss.item()
 
