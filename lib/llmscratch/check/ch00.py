@@ -4,6 +4,7 @@ torch.nn.functional.cross_entropy, and the law of large numbers for sampling."""
 import torch
 import torch.nn.functional as F
 
+from .. import bigram
 from .core import CheckFailed, exercise, expect, expect_tensor
 
 
@@ -11,7 +12,7 @@ def _random_ids(generator, vocab_size, length):
     return torch.randint(vocab_size, (length,), generator=generator)
 
 
-@exercise("bigram_counts")
+@exercise("bigram_counts", answers=(bigram.bigram_counts,))
 def bigram_counts(fn):
     g = torch.Generator().manual_seed(0)
     cases = [(torch.tensor([0, 1, 1, 1, 2, 0]), 3)]  # a hand-made case with a run of repeats
@@ -25,7 +26,7 @@ def bigram_counts(fn):
     return f"{len(cases)} sequences"
 
 
-@exercise("counts_to_probs")
+@exercise("counts_to_probs", answers=(bigram.counts_to_probs,))
 def counts_to_probs(fn):
     g = torch.Generator().manual_seed(1)
     counts = torch.randint(0, 5, (6, 6), generator=g)

@@ -8,6 +8,7 @@ from ..data import python_reference_text
 from ..tokenizers import BPETokenizer
 from ..tokenizers.bpe import merge as reference_merge
 from ..tokenizers.wordpiece import wordpiece as reference_wordpiece
+from ..tokenizers import bpe, naive_bpe
 from .core import CheckFailed, exercise, expect
 
 SAMPLES = ["hello world", "aaabdaaabac", "a a a a", "", "x", "naïve café 中文 🙂 12345\n\n  end"]
@@ -33,7 +34,7 @@ def pair_counts(fn):
     return "counts every adjacent pair, overlaps included"
 
 
-@exercise("merge")
+@exercise("merge", answers=(reference_merge,))
 def merge(fn):
     cases = [([1, 1, 1], (1, 1)), ([1, 2, 3, 1, 2], (1, 2)), ([3, 3], (1, 2))]
     cases += [(ids, (1, 2)) for ids in _random_lists(1)] + [(ids, (3, 3)) for ids in _random_lists(2)]
@@ -63,7 +64,7 @@ def _spell(merges):
     return out
 
 
-@exercise("train_bpe")
+@exercise("train_bpe", answers=(BPETokenizer.train, naive_bpe.naive_train_merges))
 def train_bpe(fn):
     for text, vocab_size in _training_texts():
         expected = list(BPETokenizer.train(text, vocab_size).merges.items())
@@ -83,7 +84,7 @@ def train_bpe(fn):
     return "same merges, same order as the library"
 
 
-@exercise("encode")
+@exercise("encode", answers=(BPETokenizer.encode, BPETokenizer._encode_ordinary, BPETokenizer._encode_piece, bpe.PretrainedBPE.encode))
 def encode(fn):
     trained = BPETokenizer.train(python_reference_text()[:20000], 400)
     merges = dict(trained.merges)
@@ -101,7 +102,7 @@ def encode(fn):
     return f"{len(SAMPLES) + 2} texts"
 
 
-@exercise("decode")
+@exercise("decode", answers=(BPETokenizer.decode, bpe.PretrainedBPE.decode))
 def decode(fn):
     trained = BPETokenizer.train(python_reference_text()[:20000], 400)
     vocab = {i: token for i, token in enumerate(trained.vocab)}
@@ -125,7 +126,7 @@ def decode(fn):
     return "round trips, and half a character becomes '\\ufffd'"
 
 
-@exercise("greedy_longest_match")
+@exercise("greedy_longest_match", answers=(reference_wordpiece,))
 def greedy_longest_match(fn):
     vocab = {"un", "unaff", "##aff", "##able", "##a", "##ff", "##ab", "##le", "a", "##b", "play", "##ing"}
     cases = ["playing", "play", "unaffable", "un", "unx", "a", "ab", "xyz"]

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..attention import MultiHeadAttention
+from .. import attention as attention_module
 from .core import CheckFailed, differs, exercise, expect, expect_tensor, seeded
 
 
@@ -80,7 +81,7 @@ def _call_forbidding_sdpa(fn, q, k, v, mask, what):
         F.scaled_dot_product_attention = original
 
 
-@exercise("attention")
+@exercise("attention", answers=(attention_module.scaled_dot_product_attention, attention_module.attend))
 def attention(fn):
     g = torch.Generator().manual_seed(0)
     n = 0
@@ -112,7 +113,7 @@ def _causal_mistakes(T):
             "the diagonal is False: a token must see itself, use tril() without an offset": ones.tril(-1)}
 
 
-@exercise("causal_mask")
+@exercise("causal_mask", answers=(attention_module.causal_mask,))
 def causal_mask(fn):
     for T in (5, 16, 2, 1):  # a mistake shows first where it can be told from the others
         got = fn(T)
@@ -127,7 +128,7 @@ def causal_mask(fn):
     return "True on and below the diagonal"
 
 
-@exercise("padding_mask")
+@exercise("padding_mask", answers=(attention_module.padding_mask,))
 def padding_mask(fn):
     attention_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
     got = fn(attention_mask)
@@ -196,7 +197,7 @@ def _view_failed(fn, args, what, err):
     return CheckFailed(f"{what} raised RuntimeError: {err} {hint}")
 
 
-@exercise("mha_forward")
+@exercise("mha_forward", answers=(MultiHeadAttention.forward,))
 def mha_forward(fn):
     g = torch.Generator().manual_seed(0)
     for B, T, C, nh in [(1, 4, 8, 2), (2, 9, 32, 4), (3, 6, 48, 8)]:

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..gpt import GPT, GPTConfig
+from ..gpt import GPT, Block, GPTConfig
 from ..gpt import top_k_filter as reference_top_k
 from ..gpt import top_p_filter as reference_top_p
 from .core import (CheckFailed, close, differs, exercise, expect, expect_tensor, explain_runtime_error, randomise,
@@ -97,7 +97,7 @@ def _block_mistakes(block, x):
             "then + mlp(ln_2(x)), and the stream itself is never normalised": ln_2(post + mlp(post))}
 
 
-@exercise("block_forward")
+@exercise("block_forward", answers=(Block.forward,))
 def block_forward(fn):
     model = _model(1)
     x = torch.randn(2, 9, TINY.n_embd, generator=torch.Generator().manual_seed(1))
@@ -142,7 +142,7 @@ def _loss_mistakes(logits, targets):
                 F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="sum")}
 
 
-@exercise("gpt_forward")
+@exercise("gpt_forward", answers=(GPT.forward,))
 def gpt_forward(fn):
     model = _model(2)
     g = torch.Generator().manual_seed(2)
@@ -219,7 +219,7 @@ def _top_k_mistakes(logits, k):
     return mistakes
 
 
-@exercise("top_k_filter")
+@exercise("top_k_filter", answers=(reference_top_k,))
 def top_k_filter(fn):
     for logits in _filter_cases():
         worked = False
@@ -266,7 +266,7 @@ def _top_p_mistakes(logits, p):
                 on_logits.scatter(-1, order, on_logits)}
 
 
-@exercise("top_p_filter")
+@exercise("top_p_filter", answers=(reference_top_p,))
 def top_p_filter(fn):
     for logits in _filter_cases() + [torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()]:
         for p in (0.5, 0.6, 0.8, 0.81, 0.95, 1.0):

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..gpt import GPT, GPTConfig
+from .. import train
 from .core import CheckFailed, exercise, expect, expect_tensor, seeded
 
 TINY = GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16)
@@ -24,7 +25,7 @@ def _draw(fn, tokens, batch_size, block_size, generator):
                           "starts must lie in 0 .. len(tokens) - block_size - 1") from err
 
 
-@exercise("get_batch")
+@exercise("get_batch", answers=(train.get_batch,))
 def get_batch(fn):
     # Token i is the number i, so a window shows where it was cut from.
     tokens = np.arange(1000, dtype=np.uint16)
@@ -113,7 +114,7 @@ def _diagnose_schedule(fn, max_lr, warmup, total, min_lr):
     return None
 
 
-@exercise("lr_at")
+@exercise("lr_at", answers=(train.lr_at,))
 def lr_at(fn):
     for max_lr, warmup, total, min_lr in [(1.0, 10, 100, 0.1), (3e-3, 50, 600, 3e-4), (6e-4, 1, 20, 0.0),
                                           (1e-3, 7, 13, 1e-5), (2.0, 100, 1000, 0.2)]:
@@ -170,7 +171,7 @@ def _flat(tensors):
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-@exercise("train_step")
+@exercise("train_step", answers=(train.train_step,))
 def train_step(fn):
     k = 3
     for grad_clip in (None, 1e3, 0.05):  # never clips, never clips, always clips
@@ -254,7 +255,7 @@ def train_step(fn):
 
 
 # ---- evaluate -------------------------------------------------------------------------------------
-@exercise("evaluate")
+@exercise("evaluate", answers=(train.evaluate,))
 def evaluate(fn):
     config = GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.5)
     model = _model(1, config)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..attention import CrossAttention, causal_mask, padding_mask
 from ..bert import BertConfig, BertLayer
+from .. import bert
 from .core import (CheckFailed, close, differs, exercise, expect, expect_tensor, explain_runtime_error, oracle_forbidden,
                    randomise, seeded)
 
@@ -121,7 +122,7 @@ def _within(share, expected, n, what, sigmas=5.0):
            f"{what}: expected {expected:.1%} (± {sigmas * sd:.1%} over {n} tokens), got {share:.1%}")
 
 
-@exercise("mask_tokens")
+@exercise("mask_tokens", answers=(bert.mask_tokens, bert.mlm_batch))
 def mask_tokens(fn):
     g = torch.Generator().manual_seed(7)
     mask_id, n_special = 4, 5                              # [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4
@@ -191,7 +192,7 @@ def _forbid(name):
     return forbidden
 
 
-@exercise("mlm_loss")
+@exercise("mlm_loss", answers=(bert.mlm_loss,))
 def mlm_loss(fn):
     g = torch.Generator().manual_seed(8)
     for B, T, V, p in [(2, 6, 11, 0.3), (4, 16, 50, 0.15), (1, 9, 7, 0.5)]:
@@ -216,7 +217,7 @@ def mlm_loss(fn):
 
 
 # ---- mean_pool ----------------------------------------------------------------------------------------
-@exercise("mean_pool")
+@exercise("mean_pool", answers=(bert.mean_pool,))
 def mean_pool(fn):
     g = torch.Generator().manual_seed(9)
     for B, T, C in [(3, 7, 8), (2, 12, 16), (1, 4, 5)]:
@@ -268,7 +269,7 @@ def _cross_mistakes(ca, x, memory, memory_mask):
     return out
 
 
-@exercise("cross_attention")
+@exercise("cross_attention", answers=(CrossAttention.forward,))
 def cross_attention(fn):
     g = torch.Generator().manual_seed(10)
     n = 0

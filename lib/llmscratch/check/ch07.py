@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..bert import BertConfig, mean_pool
-from ..classify import BertForSequenceClassification, pad_batch
+from ..classify import BertForSequenceClassification, pad_batch, predict, predict_proba
 from ..metrics import classification_scores, precision_recall_f1 as reference_prf
 from .core import CheckFailed, exercise, expect, expect_tensor, explain_runtime_error, randomise, seeded
 
@@ -40,7 +40,7 @@ def _triple(got, what):
 
 
 # ---- precision_recall_f1 --------------------------------------------------------------------------
-@exercise("precision_recall_f1")
+@exercise("precision_recall_f1", answers=(reference_prf, classification_scores))
 def precision_recall_f1(fn):
     n = 0
     for y_true, y_pred in _cases():
@@ -240,7 +240,7 @@ def fine_tune_step(fn):
 
 
 # ---- predict_batched ---------------------------------------------------------------------------------
-@exercise("predict_batched")
+@exercise("predict_batched", answers=(predict, predict_proba))
 def predict_batched(fn):
     model = _model(11, dropout=0.5)                                     # dropout this strong would show
     seen = []
@@ -287,7 +287,7 @@ def predict_batched(fn):
 
 
 # ---- compute_metrics --------------------------------------------------------------------------------
-@exercise("compute_metrics")
+@exercise("compute_metrics", answers=(reference_prf, classification_scores))
 def compute_metrics(fn):
     rng = np.random.default_rng(8)
     for n in (5, 17, 64):

@@ -12,14 +12,18 @@ class CheckFailed(AssertionError):
     """A self-check found a difference; the message says what was expected and what came back."""
 
 
-def exercise(title: str):
-    """Turn a check function into a self-check that prints ok or raises a readable CheckFailed."""
+def exercise(title: str, answers=()):
+    """Turn a check function into a self-check that prints ok or raises a readable CheckFailed.
+
+    `answers` names the library's own versions of this exercise (functions or methods, given lazily as a
+    callable that returns them): the student's function must be neither one of them nor call one, so that an
+    import from llmscratch cannot stand in for the exercise. The graded test cells run the same check."""
     def decorate(check_fn):
         @functools.wraps(check_fn)
-        def run(*args, **kwargs):
+        def run(fn, *args, **kwargs):
             try:
                 with torch.random.fork_rng(devices=[]):  # the notebook's random stream goes on as if no check ran
-                    summary = check_fn(*args, **kwargs)
+                    summary = check_fn(refusing(fn, answers() if callable(answers) else answers), *args, **kwargs)
             except NotImplementedError:
                 raise CheckFailed(f"{title}: not implemented yet. Replace `raise NotImplementedError()` "
                                   "with your code and run the cell again.") from None
@@ -28,6 +32,24 @@ def exercise(title: str):
             print(f"ok: {title}" + (f" ({summary})" if summary else ""))
         return run
     return decorate
+
+
+def delegation_message(answer) -> str:
+    return (f"your code calls the library's {answer.__module__}.{answer.__qualname__}, which is this exercise's "
+            "answer. Write it yourself: the exercise is the code, so an answer that hands the work to the library "
+            "scores nothing (later chapters import it from the library once you have built it)")
+
+
+def refusing(fn, answers):
+    """`fn`, failing with CheckFailed whenever a call of it runs one of `answers` (see `run_refusing`)."""
+    if not answers or isinstance(fn, type) or not callable(fn):
+        return fn
+    oracles = {answer: delegation_message(answer) for answer in answers}
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        return run_refusing(fn, args, oracles, kwargs)
+    return guarded
 
 
 @contextlib.contextmanager
@@ -118,6 +140,8 @@ def run_refusing(fn, args, oracles: dict, kwargs=None):
     def watch(frame, event, arg):
         if event == "call" and frame.f_code in codes and not called:
             called.append(codes[frame.f_code])
+        if previous is not None:   # a check inside a check: the outer one keeps watching
+            previous(frame, event, arg)
     previous = sys.getprofile()
     sys.setprofile(watch)
     try:
