@@ -258,6 +258,7 @@ def grade_chapter(chapter, course):
     path and the wall time."""
     start = time.perf_counter()
     shutil.copy(ROOT / "nbgrader_config.py", course)
+    shutil.copytree(ROOT / "tools", course / "tools", ignore=shutil.ignore_patterns("__pycache__"))  # the preprocessors
     shutil.copytree(ROOT / "solutions" / chapter, course / "solutions" / chapter)
     nbgrader("generate_assignment", chapter, "--force", cwd=course)
 

@@ -1,0 +1,37 @@
+"""Two nbgrader preprocessors that nbgrader_config.py installs: what students see in their feedback, and what
+autograding skips.
+
+HideHiddenTests (generate_feedback): nbgrader's feedback shows each test cell as the instructor wrote it, hidden
+tests included, and a failed test's traceback quotes the failing line with its expected values. Hidden tests
+would then be public after the first cohort. This removes every hidden-test region from the feedback's source and
+replaces the traceback of any cell that held one by its last line alone: the exception and its message. Write
+those messages to teach ("the weights of each query must sum to 1: mask before the softmax"), not to reveal.
+
+SkipWhenGrading (autograde): a code cell tagged `skip-when-grading` (a training run, a plot, a demo that no test
+reads) is replaced by a line that says so, which saves most of a chapter's grading time. Only cells that nbgrader
+does not grade are skipped, whatever tags a submission carries: a test cell always runs.
+"""
+
+from nbgrader.preprocessors import ClearHiddenTests, NbGraderPreprocessor
+
+SKIP_TAG = "skip-when-grading"
+HIDDEN_NOTE = "(a hidden test failed; its code is not shown: run the exercise's check and reread the message above)"
+
+
+class HideHiddenTests(ClearHiddenTests):
+    def preprocess_cell(self, cell, resources, cell_index):
+        if cell.cell_type != "code" or not self._remove_hidden_test_region(cell):
+            return cell, resources
+        for output in cell.get("outputs", []):
+            if output.output_type == "error":
+                last = f"{output.ename}: {output.evalue}" if output.evalue else output.ename
+                output.traceback = [last, HIDDEN_NOTE]
+        return cell, resources
+
+
+class SkipWhenGrading(NbGraderPreprocessor):
+    def preprocess_cell(self, cell, resources, cell_index):
+        graded = "nbgrader" in cell.metadata   # test, answer and setup cells always run
+        if cell.cell_type == "code" and SKIP_TAG in cell.metadata.get("tags", []) and not graded:
+            cell.source = "# skipped while grading: this cell trains or draws, and no test reads what it makes"
+        return cell, resources
