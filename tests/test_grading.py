@@ -8,6 +8,7 @@ separate submissions. Chapters in NOISY add one more: the solution with one answ
 debug print, a logging warning, a progress bar), which keeps full marks. Every submission runs the whole notebook, so each one costs 10-35 s of CPU.
 """
 
+import html.parser
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -25,6 +27,7 @@ from llmscratch.llama import smollm2_dir
 from tools.release import ROOT
 
 SOLUTION_BLOCK = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*\n", re.MULTILINE)
+HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.DOTALL)
 
 # Per chapter: the grade_id of a solution cell, what a typical wrong answer puts in it, and the
 # test cells it must fail. Then the tampering case: two answers broken and their tests removed.
@@ -253,6 +256,31 @@ def noisy(answer):
                      f"    return _{name}_quiet(*args, **kwargs)\n")
 
 
+def text_of(html_file: Path) -> str:
+    """What a reader of the page sees: the text without its tags (code is split into highlighted spans)."""
+    parser = html.parser.HTMLParser()
+    parts = []
+    parser.handle_data = parts.append
+    parser.feed(html_file.read_text(encoding="utf-8"))
+    return "".join(parts)
+
+
+def hidden_code(notebook: Path) -> list[str]:
+    """Every line of hidden-test code worth searching for: long enough to be unique, and not a message string
+    (a failed test's message is meant to be shown)."""
+    lines = []
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        for block in HIDDEN.findall(cell.source):
+            lines += [s for s in (line.strip() for line in block.splitlines())
+                      if len(s) >= 16 and not re.match(r"""^(f?["']|\(?f?["'])""", s)]
+    return lines
+
+
+def leaks(html_file: Path, hidden: list[str]) -> list[str]:
+    text = text_of(html_file)
+    return [line for line in hidden if line in text]
+
+
 def grade_chapter(chapter, course):
     """Generate the assignment, submit four or five notebooks and autograde them in one run; returns the gradebook's
     path and the wall time."""
@@ -285,6 +313,7 @@ def grade_chapter(chapter, course):
         folder.mkdir(parents=True)
         nbformat.write(nb, folder / f"{chapter}.ipynb")
     nbgrader("autograde", chapter, "--create", "--force", cwd=course, env=ONE_THREAD)
+    nbgrader("generate_feedback", chapter, "--force", cwd=course)
     return course / "grading" / "gradebook.db", time.perf_counter() - start
 
 
@@ -327,6 +356,19 @@ def graded(request, gradebooks):
 def failed_tests(gradebook, chapter, student):
     notebook = gradebook.find_submission_notebook(chapter, chapter, student)
     return {g.name for g in notebook.grades if g.max_score > 0 and g.score < g.max_score}
+
+
+def test_feedback_shows_no_hidden_test(graded, gradebooks):
+    """Every student's feedback, searched for every line of hidden-test code (messages excepted): none is there,
+    although the tampered and mistaken submissions fail hidden tests (tools/grading.py; tests/test_instructor.py
+    shows that the search finds hidden code where it is)."""
+    chapter = graded[0]
+    course = gradebooks[chapter].parents[1]
+    hidden = hidden_code(course / "solutions" / chapter / f"{chapter}.ipynb")
+    feedback = sorted((course / "grading" / "feedback").glob(f"*/{chapter}/{chapter}.html"))
+    assert hidden and len(feedback) >= 3
+    for f in feedback:
+        assert not leaks(f, hidden), f"{f.parts[-3]}'s feedback shows hidden-test code: {leaks(f, hidden)[:3]}"
 
 
 def test_solution_gets_full_marks(graded):

@@ -5,7 +5,6 @@ Everything runs on throw-away copies of the repository (its files, the running v
 """
 
 import csv
-import html.parser
 import os
 import pwd
 import re
@@ -22,14 +21,13 @@ import nbformat
 import pytest
 from nbconvert import HTMLExporter
 
-from test_grading import SOLUTION_BLOCK, grade_id, noisy, with_answers
+from test_grading import SOLUTION_BLOCK, grade_id, hidden_code, leaks, noisy, text_of, with_answers
 from tools import colab
 from tools.edition import build, repository_files
 from tools.grading import HIDDEN_NOTE
 from tools.release import ROOT, assignments, setup_cell
 
 VENV = Path(sys.prefix)
-HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.DOTALL)
 needs_make = pytest.mark.skipif(not (VENV / ".installed").exists() or shutil.which("make") is None,
                                 reason="run through `make test`: the README's commands use make and its .venv/")
 
@@ -62,31 +60,6 @@ def readme_term():
             commands.append(line.split("  #")[0].strip())
     assert turn is not None, "the README's term block has no '# ... the students work' line"
     return commands[:turn], commands[turn:]
-
-
-def text_of(html_file: Path) -> str:
-    """What a reader of the page sees: the text without its tags (code is split into highlighted spans)."""
-    parser = html.parser.HTMLParser()
-    parts = []
-    parser.handle_data = parts.append
-    parser.feed(html_file.read_text(encoding="utf-8"))
-    return "".join(parts)
-
-
-def hidden_code(notebook: Path) -> list[str]:
-    """Every line of hidden-test code worth searching for: long enough to be unique, and not a message string
-    (a failed test's message is meant to be shown)."""
-    lines = []
-    for cell in nbformat.read(notebook, as_version=4).cells:
-        for block in HIDDEN.findall(cell.source):
-            lines += [s for s in (line.strip() for line in block.splitlines())
-                      if len(s) >= 16 and not re.match(r"""^(f?["']|\(?f?["'])""", s)]
-    return lines
-
-
-def leaks(html_file: Path, hidden: list[str]) -> list[str]:
-    text = text_of(html_file)
-    return [line for line in hidden if line in text]
 
 
 CHEAT = ("# the self-check is in my way: replace it\n"
