@@ -12,19 +12,20 @@ PIP_ARGS ?=
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# "The venv is installed"; tests of a copy of the course point it elsewhere, so that the copy never reinstalls .venv/.
+VENV_STAMP ?= $(VENV)/.installed
 # Tools call each other by name (nbgrader runs `alembic`, Jupyter finds kernels): put the venv first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: lab test notebooks lock instructor roster release collect autograde feedback grades student-edition
 
-$(STAMP): requirements.txt requirements-nodeps.txt lib/pyproject.toml
+$(VENV_STAMP): requirements.txt requirements-nodeps.txt lib/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmscratch needs Python 3.11 or newer; run with PYTHON=python3.11 (or newer)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt $(PIP_ARGS)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e lib
-	touch $(STAMP)
+	touch $(VENV_STAMP)
 
 # Containers often run as root, which Jupyter refuses unless told.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -32,10 +33,10 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 LAB = $(BIN)/jupyter lab --no-browser --ip=$(IP) --port=$(PORT) --ServerApp.root_dir=$(CURDIR) $(ROOT_FLAG)
 
 # Students get JupyterLab without nbgrader's instructor tools (tools/jupyter-student turns them off).
-lab: $(STAMP)
+lab: $(VENV_STAMP)
 	JUPYTER_CONFIG_PATH=$(CURDIR)/tools/jupyter-student $(LAB)
 
-test: $(STAMP)
+test: $(VENV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lock:
@@ -62,33 +63,33 @@ ROSTER ?=
 DEST ?=
 DUE ?=
 
-instructor: $(STAMP)
+instructor: $(VENV_STAMP)
 	$(LAB)
 
-notebooks: $(STAMP)
+notebooks: $(VENV_STAMP)
 	$(BIN)/python -m tools.release
 
-roster: $(STAMP)
+roster: $(VENV_STAMP)
 	$(if $(ROSTER),,$(error set ROSTER to a CSV file with columns id,first_name,last_name,email))
 	$(NBGRADER) db student import $(ROSTER)
 
 # --force: notebooks/ is committed, and nbgrader would otherwise skip it and record nothing in the gradebook.
-release: $(STAMP)
+release: $(VENV_STAMP)
 	$(need_chapter)
 	$(NBGRADER) generate_assignment $(CHAPTER) --force
 	$(if $(DUE),$(NBGRADER) db assignment add $(CHAPTER) --duedate="$(DUE)")
 	$(NBGRADER) release_assignment $(CHAPTER) --force
 
-collect: $(STAMP)
+collect: $(VENV_STAMP)
 	$(need_chapter)
 	$(NBGRADER) collect $(CHAPTER) --update
 	if [ -d grading/downloaded/$(CHAPTER)/archive ]; then $(NBGRADER) zip_collect $(CHAPTER) --force; fi
 
-autograde: $(STAMP)
+autograde: $(VENV_STAMP)
 	$(need_chapter)
 	$(NBGRADER) autograde $(CHAPTER) --create
 
-feedback: $(STAMP)
+feedback: $(VENV_STAMP)
 	$(need_chapter)
 	$(NBGRADER) generate_feedback $(CHAPTER)
 	@# Through the exchange to the students who submitted there (their submission has a timestamp.txt); LMS
@@ -96,9 +97,9 @@ feedback: $(STAMP)
 	for s in $$(cd grading/feedback && ls); do if [ -f grading/feedback/$$s/$(CHAPTER)/timestamp.txt ]; then \
 	  $(NBGRADER) release_feedback $(CHAPTER) --student=$$s || exit 1; fi; done
 
-grades: $(STAMP)
+grades: $(VENV_STAMP)
 	$(NBGRADER) export --to grading/grades.csv
 
-student-edition: $(STAMP)
+student-edition: $(VENV_STAMP)
 	$(if $(DEST),,$(error set DEST to an empty folder, e.g. DEST=../llmscratch-student))
 	$(BIN)/python -m tools.edition $(DEST)
