@@ -265,14 +265,15 @@ def text_of(html_file: Path) -> str:
     return "".join(parts)
 
 
-def hidden_code(notebook: Path) -> list[str]:
-    """Every line of hidden-test code worth searching for: long enough to be unique, and not a message string
-    (a failed test's message is meant to be shown)."""
+def hidden_code(solution: Path, released: Path) -> list[str]:
+    """Every line of hidden-test code worth searching for: long enough to be unique, not a message string (a
+    failed test's message is meant to be shown), and not also in the student's notebook (`with torch.no_grad():`)."""
+    visible = {line.strip() for cell in nbformat.read(released, as_version=4).cells for line in cell.source.splitlines()}
     lines = []
-    for cell in nbformat.read(notebook, as_version=4).cells:
+    for cell in nbformat.read(solution, as_version=4).cells:
         for block in HIDDEN.findall(cell.source):
             lines += [s for s in (line.strip() for line in block.splitlines())
-                      if len(s) >= 16 and not re.match(r"""^(f?["']|\(?f?["'])""", s)]
+                      if len(s) >= 16 and s not in visible and not re.match(r"""^\(?f?["']""", s)]
     return lines
 
 
@@ -364,7 +365,8 @@ def test_feedback_shows_no_hidden_test(graded, gradebooks):
     shows that the search finds hidden code where it is)."""
     chapter = graded[0]
     course = gradebooks[chapter].parents[1]
-    hidden = hidden_code(course / "solutions" / chapter / f"{chapter}.ipynb")
+    hidden = hidden_code(course / "solutions" / chapter / f"{chapter}.ipynb",
+                         course / "notebooks" / chapter / f"{chapter}.ipynb")
     feedback = sorted((course / "grading" / "feedback").glob(f"*/{chapter}/{chapter}.html"))
     assert hidden and len(feedback) >= 3
     for f in feedback:

@@ -134,7 +134,8 @@ def test_the_readme_term_works_as_written(tmp_path):
 
     feedback = sorted((course / "grading" / "feedback").glob(f"*/{chapter}/{chapter}.html"))
     assert {f.parts[-3] for f in feedback} == {"alice", "bobsmith", "carol", me}
-    hidden = hidden_code(course / "solutions" / chapter / f"{chapter}.ipynb")
+    hidden = hidden_code(course / "solutions" / chapter / f"{chapter}.ipynb",
+                         course / "notebooks" / chapter / f"{chapter}.ipynb")
     assert len(hidden) > 10
     for f in feedback:
         assert not leaks(f, hidden), f"hidden-test code in {f.parts[-3]}'s feedback: {leaks(f, hidden)[:3]}"
