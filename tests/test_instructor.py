@@ -141,6 +141,8 @@ def test_the_readme_term_works_as_written(tmp_path):
         assert not leaks(f, hidden), f"hidden-test code in {f.parts[-3]}'s feedback: {leaks(f, hidden)[:3]}"
     bob = text_of(course / "grading" / "feedback" / "bobsmith" / chapter / f"{chapter}.html")
     assert "gave NaN: subtract the maximum before exp()" in bob and HIDDEN_NOTE in bob
+    carol = text_of(course / "grading" / "feedback" / "carol" / chapter / f"{chapter}.html")
+    assert "not implemented yet" in carol and HIDDEN_NOTE not in carol   # her failures are in the visible tests
     # The search finds hidden code where it is: nbgrader's plain rendering of the same graded notebook shows it.
     plain = tmp_path / "plain.html"
     graded = nbformat.read(course / "grading" / "autograded" / "bobsmith" / chapter / f"{chapter}.ipynb", 4)

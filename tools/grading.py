@@ -4,7 +4,8 @@ autograding skips.
 HideHiddenTests (generate_feedback): nbgrader's feedback shows each test cell as the instructor wrote it, hidden
 tests included, and a failed test's traceback quotes the failing line with its expected values. Hidden tests
 would then be public after the first cohort. This removes every hidden-test region from the feedback's source and
-replaces the traceback of any cell that held one by its last line alone: the exception and its message. Write
+replaces the traceback of any cell that held one by its last line alone: the exception and its message (even a
+failure in the visible test quotes the lines around it), with a note when the failing line was hidden. Write
 those messages to teach ("the weights of each query must sum to 1: mask before the softmax"), not to reveal.
 
 SkipWhenGrading (autograde): a code cell tagged `skip-when-grading` (a training run, a plot, a demo that no test
@@ -12,21 +13,40 @@ reads) is replaced by a line that says so, which saves most of a chapter's gradi
 does not grade are skipped, whatever tags a submission carries: a test cell always runs.
 """
 
+import re
+
 from nbgrader.preprocessors import ClearHiddenTests, NbGraderPreprocessor
 
 SKIP_TAG = "skip-when-grading"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 HIDDEN_NOTE = "(a hidden test failed; its code is not shown: run the exercise's check and reread the message above)"
 
 
 class HideHiddenTests(ClearHiddenTests):
     def preprocess_cell(self, cell, resources, cell_index):
-        if cell.cell_type != "code" or not self._remove_hidden_test_region(cell):
+        hidden = self._hidden_lines(cell.source) if cell.cell_type == "code" else set()
+        if not self._remove_hidden_test_region(cell):
             return cell, resources
         for output in cell.get("outputs", []):
             if output.output_type == "error":
+                # Even a failure in the visible test quotes the lines around it, hidden ones included.
+                failed_at = re.search(r"Cell In\[\d+\], line (\d+)", ANSI.sub("", "\n".join(output.traceback)))
                 last = f"{output.ename}: {output.evalue}" if output.evalue else output.ename
-                output.traceback = [last, HIDDEN_NOTE]
+                in_hidden = failed_at is None or int(failed_at.group(1)) in hidden
+                output.traceback = [last, HIDDEN_NOTE] if in_hidden else [last]
         return cell, resources
+
+    def _hidden_lines(self, source: str) -> set[int]:
+        """The (1-based) line numbers of the hidden-test regions."""
+        lines, inside = set(), False
+        for number, line in enumerate(source.split("\n"), start=1):
+            if self.begin_test_delimeter in line:
+                inside = True
+            elif self.end_test_delimeter in line:
+                inside = False
+            elif inside:
+                lines.add(number)
+        return lines
 
 
 class SkipWhenGrading(NbGraderPreprocessor):
