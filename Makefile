@@ -51,7 +51,7 @@ lock:
 #   make roster ROSTER=students.csv     add students to the gradebook (columns id,first_name,last_name,email)
 #   make release CHAPTER=...            record a chapter in the gradebook and release it to the exchange
 #   make collect CHAPTER=...            gather submissions: from the exchange, and LMS downloads in grading/downloaded/
-#   make autograde CHAPTER=...          run every submission's visible and hidden tests
+#   make autograde CHAPTER=...          run every new submission's visible and hidden tests (STUDENT=id: regrade one)
 #   make feedback CHAPTER=...           write feedback (no hidden test in it) and return it through the exchange
 #   make grades                         every score into grading/grades.csv
 #   make student-edition DEST=...       the course without answers or hidden tests, to publish for students
@@ -62,6 +62,8 @@ need_chapter = $(if $(filter $(CHAPTER),$(CHAPTERS)),,$(error set CHAPTER to one
 ROSTER ?=
 DEST ?=
 DUE ?=
+# autograde and feedback with STUDENT=id: only that student, graded again (a resubmission)
+STUDENT ?=
 
 instructor: $(VENV_STAMP)
 	$(LAB)
@@ -87,11 +89,11 @@ collect: $(VENV_STAMP)
 
 autograde: $(VENV_STAMP)
 	$(need_chapter)
-	$(NBGRADER) autograde $(CHAPTER) --create
+	$(NBGRADER) autograde $(CHAPTER) $(if $(STUDENT),--student=$(STUDENT) --force)
 
 feedback: $(VENV_STAMP)
 	$(need_chapter)
-	$(NBGRADER) generate_feedback $(CHAPTER)
+	$(NBGRADER) generate_feedback $(CHAPTER) $(if $(STUDENT),--student=$(STUDENT) --force)
 	@# Through the exchange to the students who submitted there (their submission has a timestamp.txt); LMS
 	@# students get their file from grading/feedback/<student>/ by hand.
 	for s in $$(cd grading/feedback && ls); do if [ -f grading/feedback/$$s/$(CHAPTER)/timestamp.txt ]; then \

@@ -40,6 +40,10 @@ c.FileNameCollectorPlugin.named_regexp = r".*/(?P<student_id>[^/_]+)_(?:[^/]*_)?
 for folder in (GRADING, c.Exchange.root):   # sqlite creates its file, not its folder; the exchange must exist
     os.makedirs(folder, exist_ok=True)
 
+# Only students in the gradebook (make roster) are graded: a submission from an unknown id (a typo in an LMS file
+# name) fails with "No student with ID ... exists in the database" instead of adding a phantom student.
+c.Autograde.create_student = False
+
 # Restore test cells a student deleted, and grade every test cell with the instructor's original.
 c.OverwriteCells.add_missing_cells = True
 # Cells tagged skip-when-grading (trainings, plots and demos no test reads) do not run: see tools/grading.py.

@@ -55,6 +55,16 @@ def run(command, cwd, env=None):
     return result
 
 
+def commands_of(block: str) -> list[str]:
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+
+
+def readme_resubmission() -> list[str]:
+    """The README's commands for a student who hands in again."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return commands_of(re.search(r"A student who hands in again.*?```bash\n(.*?)```", text, re.DOTALL).group(1))
+
+
 def readme_term():
     """The README's term block, as commands: those before the students' turn, and those after it."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -79,15 +89,16 @@ def test_the_readme_term_works_as_written(tmp_path):
     """The README's commands, read from the page, on a copy with five students: alice (right answers, an LMS
     download), bobsmith (a Canvas file name, cheats past softmax's self-check with an overflowing softmax),
     carol (hands in the untouched notebook, zipped), dave (in the roster, hands in nothing) and the machine's own
-    user through the exchange (right answers that also write to stderr)."""
+    user through the exchange (right answers that also write to stderr). Then bobsmith hands in again, fixed."""
     course = course_copy(tmp_path / "course")
     before, after = readme_term()
     chapter = re.search(r"CHAPTER=(\w+)", " ".join(before)).group(1)
     assert any(c.startswith("make roster") for c in before) and any(c.startswith("make grades") for c in after)
     roster = re.search(r"ROSTER=(\S+)", " ".join(before)).group(1)
+    me = pwd.getpwuid(os.getuid()).pw_name   # the exchange knows a student by login name
     (course / roster).write_text("id,first_name,last_name,email\nalice,Alice,A,alice@example.org\n"
                                  "bobsmith,Bob,Smith,bob@example.org\ncarol,Carol,C,carol@example.org\n"
-                                 "dave,Dave,D,dave@example.org\n")
+                                 f"dave,Dave,D,dave@example.org\n{me},Me,Myself,me@example.org\n")
     seconds = {}
     for command in before:
         start = time.perf_counter()
@@ -106,7 +117,6 @@ def test_the_readme_term_works_as_written(tmp_path):
                    archive / f"bobsmith_late_1234_5678_{chapter}.ipynb")
     with zipfile.ZipFile(archive / "carol_submission.zip", "w") as z:
         z.writestr(f"carol_{chapter}.ipynb", nbformat.writes(released))
-    me = pwd.getpwuid(os.getuid()).pw_name
     student = tmp_path / "student"
     student.mkdir()
     exchange = [f"--Exchange.root={course / 'grading' / 'exchange'}", f"--Exchange.cache={tmp_path / 'cache'}",
@@ -154,11 +164,24 @@ def test_the_readme_term_works_as_written(tmp_path):
     returned = list((student / chapter / "feedback").glob(f"*/{chapter}.html"))
     assert len(returned) == 1 and not leaks(returned[0], hidden)
 
+    # bobsmith hands in again, with softmax fixed: graded again alone, he gets full marks.
+    again = readme_resubmission()
+    assert all(chapter in c for c in again[:3]) and "STUDENT=bobsmith" in again[1]
+    nbformat.write(with_answers(released, answers), archive / f"bobsmith_late_1234_5678_{chapter}.ipynb")
+    for command in again:
+        run(command, course, make_env(course))
+    with open(course / "grading" / "grades.csv", newline="") as f:
+        regraded = {r["student_id"]: float(r["score"]) for r in csv.DictReader(f) if r["assignment"] == chapter}
+    assert regraded == {**score, "bobsmith": top}, regraded
+    bob = text_of(course / "grading" / "feedback" / "bobsmith" / chapter / f"{chapter}.html")
+    assert "gave NaN" not in bob
+
 
 def test_the_term_block_is_what_the_replay_reads():
     before, after = readme_term()
     assert [c.split()[1] for c in before] == ["roster", "release"]
     assert [c.split()[1] for c in after] == ["collect", "autograde", "feedback", "grades"]
+    assert [c.split()[1] for c in readme_resubmission()] == ["collect", "autograde", "feedback", "grades"]
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +194,8 @@ def edition(tmp_path_factory):
 def test_the_student_edition_holds_no_answer_and_no_hidden_test(edition):
     files = [p for p in edition.rglob("*") if p.is_file() and ".git" not in p.relative_to(edition).parts]
     names = {str(p.relative_to(edition)) for p in files}
+    assert names - {"README.md", "Makefile", "pytest.ini"} <= set(repository_files(untracked=False)), (
+        "the edition holds files git does not (a roster, a submission lying in the working tree)")
     assert not [n for n in names if n.startswith(("solutions/", "tests/cases_", ".ci/"))]
     assert {"nbgrader_config.py", "tests/test_grading.py", "tests/test_checks.py", "tools/grading.py"}.isdisjoint(names)
     for p in files:
@@ -181,6 +206,7 @@ def test_the_student_edition_holds_no_answer_and_no_hidden_test(edition):
         assert (edition / rel).read_bytes() == (ROOT / rel).read_bytes()
     readme = (edition / "README.md").read_text(encoding="utf-8")
     assert "For instructors" not in readme and "solutions/" not in readme and "## Repository layout" in readme
+    assert "## Handing in" in readme and (colab.setting()[0] or "course.toml" not in readme)
     makefile = (edition / "Makefile").read_text(encoding="utf-8")
     assert "lab:" in makefile and "test:" in makefile and "autograde" not in makefile and "solutions" not in makefile
     log = subprocess.run(["git", "log", "--oneline"], cwd=edition, capture_output=True, text=True, check=True)

@@ -15,11 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools import colab
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # What stays with the instructors: the answers, the tests that read them, and the tools that grade.
 PRIVATE = (
-    "solutions/", ".ci/", "nbgrader_config.py", "course.toml", "CONTRIBUTING.md",
+    "solutions/", ".ci/", ".github/", "nbgrader_config.py", "course.toml", "CONTRIBUTING.md",
     "tools/release.py", "tools/grading.py", "tools/edition.py", "tools/colab.py",
     "tests/test_grading.py", "tests/test_release.py", "tests/test_checks.py", "tests/test_instructor.py",
     "tests/cases_",   # correct answers and typical mistakes for every exercise
@@ -37,19 +39,25 @@ filterwarnings =
 """
 
 
-def repository_files() -> list[str]:
-    """The repository's files: tracked, or new and not ignored."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+def repository_files(untracked: bool = True) -> list[str]:
+    """The repository's files: committed or staged, and (untracked=True) new ones that git does not ignore."""
+    flags = ["--cached", "--others", "--exclude-standard"] if untracked else ["--cached"]
+    out = subprocess.run(["git", "ls-files", *flags, "-z"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
     return sorted({f for f in out.split("\0") if f and (ROOT / f).is_file()})
 
 
 def shipped_files() -> list[str]:
-    return [f for f in repository_files() if not f.startswith(PRIVATE)]
+    """Git's files only, never a file lying in the working tree (a roster with names and emails, a student's
+    submission), less the private ones."""
+    return [f for f in repository_files(untracked=False) if not f.startswith(PRIVATE)]
 
 
 def student_readme(text: str) -> str:
     text = STUDENT_BLOCK.sub(r"\1", INSTRUCTOR_BLOCK.sub("", text))
+    if not colab.setting()[0]:
+        text = text.replace(colab.badges("", "", []), "Not available for this copy of the course: ask your instructor.")
+    text = text.replace(colab.README_BEGIN + "\n", "").replace(colab.README_END + "\n", "")   # make notebooks' markers
     return text.replace("then run every test: library, notebooks, grading round trip", "then run the library's tests")
 
 
@@ -92,3 +100,10 @@ if __name__ == "__main__":
     files = build(dest)
     print(f"student edition: {len(files)} files in {dest.resolve()} (one commit); push it as its own repository",
           file=sys.stderr)
+    left = sorted(set(repository_files()) - set(repository_files(untracked=False)))
+    if left:
+        print(f"left out, because git does not hold them (commit them first if students need them): {left}",
+              file=sys.stderr)
+    if not colab.setting()[0]:
+        print("course.toml names no public repository ([colab]): on Colab these notebooks cannot install the "
+              "library. Set it, run `make notebooks`, commit, and build the edition again.", file=sys.stderr)
