@@ -5,7 +5,9 @@ its ungraded code cells other than the setup are emptied, see `untouched`) and a
 another (partial marks: the mistake is caught, and the original tests still run and catch both broken answers).
 In chapters 02 and 03 the mistake and the tampering together would break every exercise, so there they are two
 separate submissions. Chapters in NOISY add one more: the solution with one answer that also writes to stderr (a
-debug print, a logging warning, a progress bar), which keeps full marks. Every submission runs the whole notebook, so each one costs 10-35 s of CPU.
+debug print, a logging warning, a progress bar), which keeps full marks. Every submission runs the notebook as
+autograding does (cells tagged skip-when-grading skipped), 5-15 s of CPU each; then every chapter's feedback is
+written and searched for hidden-test code.
 """
 
 import html.parser
@@ -318,8 +320,8 @@ def grade_chapter(chapter, course):
     return course / "grading" / "gradebook.db", time.perf_counter() - start
 
 
-# Longest first, so that no slow chapter is left running alone at the end (00 trains in an ungraded cell, 08 loads
-# a 135M-parameter model twice per submission); the rest in order.
+# Longest first, so that no slow chapter is left running alone at the end (08 and 09 load a 135M-parameter model
+# in every submission); the rest in order.
 SLOW_FIRST = ("09_instruction_tuning", "00_language_models", "08_llama", "07_classification", "06_bert",
               "05_pretraining")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 from nbconvert import HTMLExporter
 
 from test_grading import SOLUTION_BLOCK, grade_id, hidden_code, leaks, noisy, text_of, with_answers
@@ -32,7 +33,7 @@ needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="the README
 
 
 def course_copy(folder: Path) -> Path:
-    """The repository's files, modification times kept (so make sees its .venv/ as up to date), the venv linked."""
+    """The repository's files, and the running venv linked in as .venv/."""
     for rel in repository_files():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, folder / rel)
@@ -43,14 +44,17 @@ def course_copy(folder: Path) -> Path:
     return folder
 
 
+def venv_env() -> dict:
+    return {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+
+
 def make_env(course: Path) -> dict:
-    return {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}",
-            "VENV_STAMP": str(course / ".installed-here")}
+    return {**venv_env(), "VENV_STAMP": str(course / ".installed-here")}
 
 
 def run(command, cwd, env=None):
     result = subprocess.run(command, cwd=cwd, shell=isinstance(command, str), capture_output=True, text=True,
-                            env=env or {**os.environ, "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}"})
+                            env=env or venv_env())
     assert result.returncode == 0, f"{command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
@@ -69,14 +73,9 @@ def readme_term():
     """The README's term block, as commands: those before the students' turn, and those after it."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = re.search(r"### A term, chapter by chapter\n+```bash\n(.*?)```", text, re.DOTALL).group(1)
-    commands, turn = [], None
-    for line in block.splitlines():
-        if line.startswith("# ..."):
-            turn = len(commands)
-        elif line.split("#")[0].strip():
-            commands.append(line.split("  #")[0].strip())
-    assert turn is not None, "the README's term block has no '# ... the students work' line"
-    return commands[:turn], commands[turn:]
+    parts = re.split(r"^# \.\.\..*$", block, flags=re.MULTILINE)
+    assert len(parts) == 2, "the README's term block needs one '# ... the students work' line"
+    return commands_of(parts[0]), commands_of(parts[1])
 
 
 CHEAT = ("# the self-check is in my way: replace it\n"
@@ -244,9 +243,10 @@ def test_a_published_setting_gives_badges_and_a_pinned_install():
             "00_language_models/00_language_models.ipynb") in badges
 
 
-def fake_colab(tmp_path: Path) -> tuple[Path, dict]:
+def fake_colab(tmp_path: Path) -> tuple[Path, Path, dict]:
     """A fresh Python environment like Colab's: this environment's packages preinstalled (torch among them) but
-    not llmscratch, and a `google.colab` module. Returns its python and the environment variables to run it with."""
+    not llmscratch, and a `google.colab` module. Returns its python, its site-packages and the environment
+    variables to run it with."""
     env_dir = tmp_path / "colab"
     subprocess.run([sys.executable, "-m", "venv", env_dir], check=True)
     python = env_dir / "bin" / "python"
@@ -268,7 +268,7 @@ def fake_colab(tmp_path: Path) -> tuple[Path, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
     env.update(PYTHONPATH=str(fake), PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
                PIP_NO_BUILD_ISOLATION="0", PATH=f"{env_dir / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    return python, env
+    return python, site, env
 
 
 def test_the_colab_setup_cell_installs_the_library_and_never_touches_torch(tmp_path, edition):
@@ -276,9 +276,7 @@ def test_the_colab_setup_cell_installs_the_library_and_never_touches_torch(tmp_p
     environment, installs the library from a local git repository standing for the published student edition
     (file://localhost/...: the pip of Python 3.11 refuses "name @ git+file:///path")."""
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "tag", "v-test"], cwd=edition, check=True)
-    python, env = fake_colab(tmp_path)
-    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    python, site, env = fake_colab(tmp_path)
     before = set(os.listdir(site))
     cell = setup_cell(nbformat.read(ROOT / "notebooks" / "09_instruction_tuning" / "09_instruction_tuning.ipynb", 4))
     script = tmp_path / "setup_cell.ipy"
@@ -289,7 +287,7 @@ def test_the_colab_setup_cell_installs_the_library_and_never_touches_torch(tmp_p
     assert result.returncode == 0 and "LIBRARY" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
     library = re.search(r"LIBRARY (\S+)", result.stdout).group(1)
     assert library.startswith(str(site)), f"llmscratch came from {library}, not from the install"
-    assert Path(re.search(r"TORCH (\S+)", result.stdout).group(1)).resolve().is_relative_to(Path(torch_dir()).parent)
+    assert Path(re.search(r"TORCH (\S+)", result.stdout).group(1)).resolve().is_relative_to(Path(torch.__file__).parents[1])
     added = set(os.listdir(site)) - before
     assert added and all(name.startswith("llmscratch") for name in added), f"installed beside the library: {added}"
 
@@ -298,11 +296,6 @@ def test_the_colab_setup_cell_installs_the_library_and_never_touches_torch(tmp_p
         result = subprocess.run([python, "-m", "IPython", "--no-banner", "--quick", str(script)], cwd=tmp_path,
                                 capture_output=True, text=True, env=env)
         assert "names no public repository" in result.stdout + result.stderr
-
-
-def torch_dir() -> str:
-    import torch
-    return os.path.dirname(torch.__file__)
 
 
 # ---- the two JupyterLabs ---------------------------------------------------------------------------------------

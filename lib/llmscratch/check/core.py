@@ -15,15 +15,15 @@ class CheckFailed(AssertionError):
 def exercise(title: str, answers=()):
     """Turn a check function into a self-check that prints ok or raises a readable CheckFailed.
 
-    `answers` names the library's own versions of this exercise (functions or methods, given lazily as a
-    callable that returns them): the student's function must be neither one of them nor call one, so that an
-    import from llmscratch cannot stand in for the exercise. The graded test cells run the same check."""
+    `answers` names the library's own versions of this exercise (functions or methods): the student's function
+    must be neither one of them nor call one, so that an import from llmscratch cannot stand in for the exercise.
+    The graded test cells run the same check."""
     def decorate(check_fn):
         @functools.wraps(check_fn)
         def run(fn, *args, **kwargs):
             try:
                 with torch.random.fork_rng(devices=[]):  # the notebook's random stream goes on as if no check ran
-                    summary = check_fn(refusing(fn, answers() if callable(answers) else answers), *args, **kwargs)
+                    summary = check_fn(refusing(fn, answers), *args, **kwargs)
             except NotImplementedError:
                 raise CheckFailed(f"{title}: not implemented yet. Replace `raise NotImplementedError()` "
                                   "with your code and run the cell again.") from None
