@@ -2,6 +2,7 @@
 #   make lab  PORT=8888 IP=127.0.0.1   serve the course with JupyterLab (no browser is opened), for students
 #   make test                           run every test: library, notebooks (nbval), grading round trip
 #   make lock                           re-resolve requirements.in into the pinned requirements.txt
+#   make gpu-check                      every chapter's gpu preset, briefly, on this machine's GPU: one table (and JSON)
 # PIP_ARGS passes extra options to pip, e.g. a CPU-only torch index on a machine whose default torch is CUDA.
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ VENV_STAMP ?= $(VENV)/.installed
 # Tools call each other by name (nbgrader runs `alembic`, Jupyter finds kernels): put the venv first.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: lab test notebooks lock instructor roster release collect autograde feedback grades student-edition
+.PHONY: lab test gpu-check notebooks lock instructor roster release collect autograde feedback grades student-edition
 
 $(VENV_STAMP): requirements.txt requirements-nodeps.txt lib/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmscratch needs Python 3.11 or newer; run with PYTHON=python3.11 (or newer)")'
@@ -38,6 +39,11 @@ lab: $(VENV_STAMP)
 
 test: $(VENV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# GPU_CHECK_ARGS="--device cpu --budget tiny" runs the same code on a CPU in about a minute.
+GPU_CHECK_ARGS ?=
+gpu-check: $(VENV_STAMP)
+	$(BIN)/python -m llmscratch.gpucheck $(GPU_CHECK_ARGS)
 
 lock:
 	rm -rf /tmp/llmscratch-lock && $(PYTHON) -m venv /tmp/llmscratch-lock

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmscratch.gpt import GPT, GPTConfig
+from llmscratch.hardware import autocast_dtype, dtype_name, grad_scaler
 from llmscratch.pretrain import PRESETS, flops_per_token, peak_flops
 from llmscratch.train import configure_optimizer, train_step
 
@@ -54,8 +55,8 @@ class HFForTraining(nn.Module):
 
 
 def run(device: str, steps: int, warmup: int, compile_models: bool):
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
-    print(f"training steps on {device}, {'bf16 autocast' if dtype else 'fp32'}{', torch.compile' if compile_models else ''}; "
+    dtype = autocast_dtype(device)
+    print(f"training steps on {device}, {dtype_name(dtype)}{', torch.compile' if compile_models else ''}; "
           f"median of {steps} steps after {warmup} warm-up steps, the two models alternating")
     print(f"{'case':>24} | {'params':>7} | {'course tok/s':>12} | {'HF tok/s':>10} | {'course / HF':>11} | "
           f"{'first losses (course, HF)':>25}" + (" | course MFU" if device == "cuda" else ""))
@@ -69,6 +70,7 @@ def run(device: str, steps: int, warmup: int, compile_models: bool):
                    for _ in range(4)]
         models = {"course": ours, "HF": hf}
         optimizers = {k: configure_optimizer(m, lr=1e-4) for k, m in models.items()}
+        scalers = {k: grad_scaler(dtype, device) for k in models}   # fp16 (a T4, a V100) only
         runners = {k: torch.compile(m) if compile_models else m for k, m in models.items()}
         times, first = {k: [] for k in models}, {}
         for i in range(warmup + steps):
@@ -76,7 +78,8 @@ def run(device: str, steps: int, warmup: int, compile_models: bool):
                 if device == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                stats = train_step(runners[k], optimizers[k], [batches[i % len(batches)]], autocast_dtype=dtype)
+                stats = train_step(runners[k], optimizers[k], [batches[i % len(batches)]], autocast_dtype=dtype,
+                                   scaler=scalers[k])
                 if device == "cuda":
                     torch.cuda.synchronize()
                 if i == 0:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .bert import (BertConfig, BertForMaskedLM, BertModel, config_from_hf, copy_into_hf, hf_config, hf_tensor,
                    mean_pool)
+from .hardware import autocast_dtype, grad_scaler
 from .metrics import classification_scores
 from .train import configure_optimizer, lr_at, train_step
 
@@ -232,13 +233,16 @@ def fine_tune(model, train_rows, train_labels, val_rows, val_labels, config: Fin
     batches = shuffled_batches(train_rows, train_labels, config.batch_size, generator, pad_id, device)
     optimizer = configure_optimizer(model, config.lr, config.weight_decay, betas=(0.9, 0.999))
     warmup = math.ceil(config.warmup_fraction * config.steps)
+    dtype = autocast_dtype(device)         # fp32 on a CPU; bf16 or fp16 (scaled) on a GPU
+    scaler = grad_scaler(dtype, device)
     result, best_state, since_best = FineTuneResult(), None, 0
     start = time.perf_counter()
     for step in range(config.steps):
         lr = lr_at(step, config.lr, warmup, config.steps, decay="linear")
         for group in optimizer.param_groups:
             group["lr"] = lr
-        record = {"step": step + 1, "lr": lr, **train_step(model, optimizer, [next(batches)], config.grad_clip)}
+        record = {"step": step + 1, "lr": lr,
+                  **train_step(model, optimizer, [next(batches)], config.grad_clip, dtype, scaler)}
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             scores = classification_scores(val_labels, predict(model, val_rows, pad_id=pad_id))
             record.update({f"val_{k}": v for k, v in scores.items()})

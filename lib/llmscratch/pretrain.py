@@ -29,6 +29,7 @@ from .bert import (BertConfig, BertForMaskedLM, mlm_accuracy, mlm_batch, paramet
                    scored_positions)
 from .data import peoples_daily_text, python_reference_text, train_val_split
 from .gpt import GPT, GPTConfig
+from .hardware import PEAK_BF16_FLOPS, autocast_dtype, dtype_name, grad_scaler, peak_flops  # noqa: F401 (chapter 05)
 from .tokenizers import BPETokenizer, WordPieceTokenizer
 from .train import (configure_optimizer, evaluate, get_batch, load_checkpoint, load_tokens, lr_at,
                     save_checkpoint, save_tokens, train_step)
@@ -67,18 +68,6 @@ BERT_PRESETS = {
                 eval_every=500, eval_batches=20),                                              # minutes on a GPU
 }
 OUT = {"gpt": Path("out"), "bert": Path("out-bert")}  # default output folders
-
-# Dense bf16 tensor-core peaks in FLOP/s, from the vendors' data sheets (without sparsity).
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
-                   "RTX 4090": 165e12, "A10": 125e12, "V100": 125e12, "T4": 65e12}
-
-
-def peak_flops(device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-
 
 def training_flops_per_token(n_params: int, n_layer: int, width: int, T: int) -> float:
     """Training FLOPs per token of a transformer: 6 per parameter (forward + backward) plus attention's 12·L·C·T."""
@@ -317,7 +306,8 @@ def main(argv=None):
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
     master = rank == 0
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    dtype = autocast_dtype(device)        # bf16 from compute capability 8.0, fp16 below, fp32 on a CPU
+    scaler = grad_scaler(dtype, device)   # fp16 only
 
     args.out.mkdir(parents=True, exist_ok=True)
     data_dir = None
@@ -335,7 +325,7 @@ def main(argv=None):
     optimizer = configure_optimizer(model, lr=p["lr"])
     generator = torch.Generator().manual_seed(args.seed + rank)  # each process draws its own windows
     torch.manual_seed(args.seed + 1 + rank)  # dropout: each process its own stream (a resume restores it)
-    start = load_checkpoint(args.out / "ckpt", model, optimizer, generator) if args.resume else 0
+    start = load_checkpoint(args.out / "ckpt", model, optimizer, generator, scaler) if args.resume else 0
     eval_generator = torch.Generator().manual_seed(0)  # the same validation windows (and masks) every time
     val_batches = [task.batch(val_data, eval_generator) for _ in range(p["eval_batches"])]
     train_model = torch.compile(model) if args.compile else model
@@ -350,15 +340,15 @@ def main(argv=None):
         from tqdm.auto import tqdm
         log = JsonLog(args.out / "log.jsonl", resume_step=start)
         (args.out / "config.json").write_text(json.dumps({"preset": args.preset, **asdict(task.config)}, indent=1))
-        bar = tqdm(total=p["steps"] - start, desc=f"{name} ({args.preset}, {task.n_params / 1e6:.1f}M parameters)")
+        bar = tqdm(total=p["steps"] - start, desc=f"{name} ({args.preset}, {task.n_params / 1e6:.1f}M parameters, "
+                                                   f"{dtype_name(dtype)})")
     stop = min(p["steps"], args.stop_after or p["steps"])
     for step in range(start, stop):
         t0 = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, p["lr"], p["warmup"], p["steps"], min_lr=p["lr"] / 10)
         micro = [task.batch(train_data, generator) for _ in range(p["accum"])]
-        stats = train_step(train_model, optimizer, micro, grad_clip=1.0,
-                           autocast_dtype=torch.bfloat16 if use_bf16 else None)
+        stats = train_step(train_model, optimizer, micro, grad_clip=1.0, autocast_dtype=dtype, scaler=scaler)
         if device.type == "cuda":
             torch.cuda.synchronize()  # GPU work is asynchronous: wait for the step before reading the clock
         dt = time.perf_counter() - t0
@@ -371,7 +361,7 @@ def main(argv=None):
                 extra, shown = task.report(model, val_batches)
                 stats.update(extra)
                 bar.write(f"step {step + 1}: validation loss {stats['val_loss']:.3f} | {shown}")
-            save_checkpoint(args.out / "ckpt", model, optimizer, step + 1, generator)  # every process: its RNG
+            save_checkpoint(args.out / "ckpt", model, optimizer, step + 1, generator, scaler)  # every process: its RNG
         if master:
             log.write(stats)
             bar.update(1)

@@ -321,11 +321,14 @@ def evaluation(model, tokenizer, splits: Splits, p: dict) -> dict:
 def fine_tune(model, tokenizer, examples, p: dict, method: str, on_step=None, seed: int = 0):
     """Train `model` in place (LoRA: only the adapters, which apply_lora made the only trainable tensors)
     with chapter 05's train_step: accumulation, clipping, warmup then cosine decay. Returns (log, optimizer)."""
+    from .hardware import autocast_dtype, grad_scaler
     from .train import configure_optimizer, lr_at, train_step
 
     lr = p["lr_lora"] if method == "lora" else p["lr_full"]
     optimizer = configure_optimizer(model, lr=lr, weight_decay=0.0)
     device = next(model.parameters()).device
+    dtype = autocast_dtype(device)         # fp32 on a CPU; bf16 or fp16 (scaled) on a GPU
+    scaler = grad_scaler(dtype, device)
     examples = list(examples)   # reshuffled each epoch: the caller's list stays as it was
     order = random.Random(seed)
     log, cursor = [], 0
@@ -342,7 +345,7 @@ def fine_tune(model, tokenizer, examples, p: dict, method: str, on_step=None, se
             x, y = shifted(batch)
             micro.append((x.to(device), y.to(device)))
         t0 = time.perf_counter()
-        stats = train_step(model, optimizer, micro, grad_clip=1.0)
+        stats = train_step(model, optimizer, micro, grad_clip=1.0, autocast_dtype=dtype, scaler=scaler)
         stats.update(step=step, seconds=time.perf_counter() - t0)
         log.append(stats)
         if on_step:

@@ -88,10 +88,15 @@ def model_loss(model, x, y):
     return model(**x, labels=y)[1] if isinstance(x, dict) else model(x, y)[1]
 
 
-def train_step(model, optimizer, micro_batches, grad_clip: float | None = 1.0, autocast_dtype=None) -> dict:
+def train_step(model, optimizer, micro_batches, grad_clip: float | None = 1.0, autocast_dtype=None,
+               scaler: "torch.amp.GradScaler | None" = None) -> dict:
     """One optimizer step over several micro-batches (gradient accumulation): the gradient equals
     that of one batch made of all of them. Returns the mean loss and the gradient norm before clipping.
-    A NaN or inf loss is an error, never a silent step."""
+    A NaN or inf loss is an error, never a silent step.
+
+    autocast_dtype: bf16 or fp16 mixed precision (llmscratch.hardware.autocast_dtype chooses). fp16 needs a
+    `scaler` (hardware.grad_scaler): the loss is scaled up before backward, the gradients are unscaled before
+    clipping, and a step whose gradients overflowed is skipped ("skipped": True) while the scale shrinks."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     device_type = next(model.parameters()).device.type
@@ -103,16 +108,24 @@ def train_step(model, optimizer, micro_batches, grad_clip: float | None = 1.0, a
         with sync:
             with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 loss = model_loss(model, x, y)
-            (loss / len(micro_batches)).backward()
+            scaled = loss / len(micro_batches)
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         total += loss.detach()  # stays on the device: reading it every micro-batch would stall a GPU
     trainable = [p for p in model.parameters() if p.requires_grad]  # a frozen encoder has no gradient
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip (and report) the true gradients, not the scaled ones
     norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip if grad_clip else float("inf"))
     loss, norm = torch.stack([total / len(micro_batches), norm.float()]).tolist()  # one host sync per step
     if not math.isfinite(loss):
         raise FloatingPointError(f"the loss became {loss}: lower the learning rate, check the data, "
                                  "or resume from the last checkpoint")
-    optimizer.step()
-    return {"loss": loss, "grad_norm": norm}
+    if scaler is None:
+        optimizer.step()
+        return {"loss": loss, "grad_norm": norm}
+    scale = scaler.get_scale()
+    scaler.step(optimizer)  # skipped when a gradient is inf or NaN (the scale was too large)
+    scaler.update()         # halves the scale after an overflow, doubles it after growth_interval good steps
+    return {"loss": loss, "grad_norm": norm, "skipped": not math.isfinite(norm), "loss_scale": scale}
 
 
 @torch.no_grad()
@@ -139,8 +152,9 @@ def _rng_states(generator: torch.Generator | None) -> dict:
     return state
 
 
-def save_checkpoint(folder, model, optimizer, step: int, generator: torch.Generator | None = None) -> Path:
-    """Save model, optimizer, step and RNG states. Under DDP every process must call it (each sends
+def save_checkpoint(folder, model, optimizer, step: int, generator: torch.Generator | None = None,
+                    scaler=None) -> Path:
+    """Save model, optimizer, step, RNG states (and the fp16 loss scale, with a GradScaler). Under DDP every process must call it (each sends
     its own RNG states); process 0 writes."""
     from safetensors.torch import save_model
 
@@ -155,7 +169,8 @@ def save_checkpoint(folder, model, optimizer, step: int, generator: torch.Genera
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         save_model(model, partial / "model.safetensors")  # handles the tied wte / lm_head weights
-        torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng}, partial / "state.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "step": step, "rng": rng,
+                    "scaler": scaler.state_dict() if scaler is not None else None}, partial / "state.pt")
         meta = {"version": CHECKPOINT_VERSION, "step": step, "world_size": world,
                 "config": asdict(model.config) if hasattr(model, "config") else None}
         (partial / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -169,7 +184,7 @@ def save_checkpoint(folder, model, optimizer, step: int, generator: torch.Genera
     return folder
 
 
-def load_checkpoint(folder, model, optimizer, generator: torch.Generator | None = None) -> int:
+def load_checkpoint(folder, model, optimizer, generator: torch.Generator | None = None, scaler=None) -> int:
     """Restore model, optimizer and RNG states saved by save_checkpoint; returns the step to resume at.
     Loads on any device (a GPU checkpoint on a CPU machine too). Under DDP each process takes its own RNG."""
     from safetensors import SafetensorError
@@ -206,4 +221,6 @@ def load_checkpoint(folder, model, optimizer, generator: torch.Generator | None 
         torch.cuda.set_rng_state_all(rng["cuda"])
     if generator is not None and rng["generator"] is not None:
         generator.set_state(rng["generator"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     return state["step"]
