@@ -69,8 +69,9 @@ def gpt_config(p, T=None):
 
 
 def notebook_presets(chapter):
-    """The PRESETS dict of a chapter whose presets live in its notebook's setup cell, read without running it."""
-    nb = json.loads((ROOT / "solutions" / chapter / f"{chapter}.ipynb").read_text(encoding="utf-8"))
+    """The PRESETS dict of a chapter whose presets live in its notebook's setup cell, read without running it (from
+    the student notebook, which the student edition has too)."""
+    nb = json.loads((ROOT / "notebooks" / chapter / f"{chapter}.ipynb").read_text(encoding="utf-8"))
     for cell in nb["cells"]:
         source = "".join(cell["source"])
         if cell["cell_type"] == "code" and "PRESETS = {" in source:
