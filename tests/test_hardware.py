@@ -38,7 +38,8 @@ def test_no_gpu_trains_in_fp32():
 
 def test_every_training_path_asks_the_one_place():
     """No chapter decides bf16 by itself with is_bf16_supported(), which a T4 answers True."""
-    sources = [p for p in (ROOT / "lib").rglob("*.py") if p.name != "hardware.py"] + list((ROOT / "solutions").rglob("*.ipynb")) + \
+    sources = [p for p in (ROOT / "lib").rglob("*.py") if p.name != "hardware.py"] + \
+        [p for folder in ("solutions", "notebooks") for p in (ROOT / folder).rglob("*.ipynb")] + \
         list((ROOT / "benchmarks").rglob("*.py"))
     offenders = [str(p.relative_to(ROOT)) for p in sources if "is_bf16_supported()" in p.read_text(encoding="utf-8")]
     assert not offenders, f"decide the autocast dtype with llmscratch.hardware.autocast_dtype: {offenders}"
