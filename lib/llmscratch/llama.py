@@ -111,6 +111,16 @@ class Llama(CausalLM):
         the positions whose target is not ignore_index: the same contract as the GPT's.
         Packed rows (chapter 09) pass segment_ids (B, T), which example each token belongs to: a token
         attends only to earlier tokens of its own example; position_ids (B, T) restart at 0 in each."""
+        logits = self.lm_head(self.hidden_states(idx, cache, segment_ids, position_ids))     # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                                   ignore_index=ignore_index)
+        return logits, loss
+
+    def hidden_states(self, idx, cache: KVCache | None = None, segment_ids=None, position_ids=None):
+        """The final normalised states (B, T, C), before lm_head: scoring a few positions of a long sequence
+        (chapter 10's replies) then costs the vocabulary projection of those positions only."""
         B, T = idx.shape
         mask = None
         if segment_ids is not None:
@@ -126,12 +136,7 @@ class Llama(CausalLM):
             x = block(x, self.rope, cache, layer, mask, position_ids)
         if cache is not None:
             cache.length += T
-        logits = self.lm_head(self.model.norm(x))                                        # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
-                                   ignore_index=ignore_index)
-        return logits, loss
+        return self.model.norm(x)                                                        # (B, T, C)
 
     def new_cache(self, batch_size: int, device=None, dtype=torch.float32, max_len: int | None = None) -> KVCache:
         c = self.config   # n_kv_head heads per layer, not n_head: GQA's saving

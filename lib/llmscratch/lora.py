@@ -15,6 +15,7 @@ course model's module names are the checkpoint's, and peft names a LoRA weight
 `base_model.model.<module path>.lora_A.weight`.
 """
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -44,6 +45,7 @@ class LoRALinear(nn.Module):
         self.lora_A.to(base_layer.weight.device, base_layer.weight.dtype)
         self.lora_B.to(base_layer.weight.device, base_layer.weight.dtype)
         self.merged = False
+        self.disabled = False               # True: the base layer alone (adapters_disabled, chapter 10's reference)
 
     def delta_weight(self) -> torch.Tensor:
         return self.scaling * self.lora_B.weight @ self.lora_A.weight                   # (out, in)
@@ -51,6 +53,10 @@ class LoRALinear(nn.Module):
     def forward(self, x):
         y = self.base_layer(x)                                                           # (B, T, out)
         if self.merged:   # W already holds W + scale * B A
+            if self.disabled:
+                raise RuntimeError("a merged LoRA layer cannot be switched off: unmerge() it first")
+            return y
+        if self.disabled:
             return y
         return y + self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))       # (B, T, out)
 
@@ -92,6 +98,25 @@ def apply_lora(model: nn.Module, targets=("q_proj", "v_proj"), r: int = 8, alpha
 
 def lora_layers(model: nn.Module) -> dict:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module):
+    """Inside this block the model is its base model: every LoRA layer returns base_layer(x) alone. With
+    B initialised to zero and A, B the only trainable tensors, this IS the frozen model the adapters started
+    from, so preference tuning needs no second copy of the weights for its reference (peft: disable_adapter)."""
+    layers = list(lora_layers(model).values())
+    if not layers:
+        raise ValueError("the model has no LoRA layers to switch off: call apply_lora first (a model without "
+                         "adapters needs a separate frozen copy as its reference)")
+    previous = [layer.disabled for layer in layers]
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer, was in zip(layers, previous):
+            layer.disabled = was
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
