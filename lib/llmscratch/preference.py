@@ -344,11 +344,10 @@ def text_kl(model, tokenizer, text: str, block: int = 128, blocks: int = 8) -> f
 
 # ---- the reward model ---------------------------------------------------------------------------
 def reward_rows(tokenizer, pairs: list[Pair], max_length: int) -> list[list[int]]:
-    """[CLS] question [SEP] reply [SEP] for the chosen replies, then the rejected ones (2N rows)."""
+    """[CLS] question [SEP] reply [SEP] (chapter 06's WordPiece tokenizer, a pair of texts, the longer one cut
+    first) for the chosen replies, then the rejected ones: 2N rows."""
     def row(question, reply):
-        q = tokenizer(question)["input_ids"]
-        r = tokenizer(reply)["input_ids"][1:]                  # without its own [CLS]
-        return (q + r)[:max_length]
+        return tokenizer(question, reply, truncation=True, max_length=max_length)["input_ids"]
     return [row(p.question, p.chosen) for p in pairs] + [row(p.question, p.rejected) for p in pairs]
 
 
@@ -386,7 +385,7 @@ def train_reward_model(model: BradleyTerry, tokenizer, pairs: list[Pair], p: dic
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, p["rm_lr"], max(1, p["rm_steps"] // 10), p["rm_steps"])
         chunk = rng.sample(pairs, B)
-        batch = pad_batch(reward_rows(tokenizer, chunk, p["rm_max_length"]), tokenizer.pad_token_id, device)
+        batch = pad_batch(reward_rows(tokenizer, chunk, p["rm_max_length"]), tokenizer.pad_id, device)
         stats = train_step(model, optimizer, [(batch, None)], grad_clip=1.0)
         stats["step"] = step
         log.append(stats)
@@ -405,7 +404,7 @@ def reward_scores(model: BradleyTerry, tokenizer, pairs: list[Pair], max_length:
     device = next(model.parameters()).device
     out = []
     for k in range(0, len(pairs), batch_size):
-        batch = pad_batch(reward_rows(tokenizer, pairs[k:k + batch_size], max_length), tokenizer.pad_token_id, device)
+        batch = pad_batch(reward_rows(tokenizer, pairs[k:k + batch_size], max_length), tokenizer.pad_id, device)
         out.append(torch.stack(model.rewards(**batch).float().cpu().chunk(2), 1))      # (b, 2)
     model.train(was_training)
     r = torch.cat(out)
