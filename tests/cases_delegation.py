@@ -4,6 +4,7 @@
 import numpy as np
 
 from llmscratch import bert, bigram, check, train
+from llmscratch import preference
 from llmscratch import attention as attention_module
 from llmscratch.attention import CrossAttention, MultiHeadAttention
 from llmscratch.classify import predict
@@ -40,6 +41,11 @@ def _compute_metrics(eval_pred):
     return classification_scores(labels, np.argmax(logits, axis=-1))
 
 
+def _dpo_loss(pc, pr, rc, rr, beta):
+    out = preference.dpo_loss(pc, pr, rc, rr, beta)
+    return out["loss"], out["chosen_rewards"], out["rejected_rewards"]
+
+
 # (check, the delegating answer, the library function the refusal names)
 DELEGATED = [
     (check.ch00.bigram_counts, bigram.bigram_counts, "bigram_counts"),
@@ -70,4 +76,8 @@ DELEGATED = [
     (check.ch07.predict_batched, lambda model, rows, batch_size=64, pad_id=0: predict(model, rows, batch_size, pad_id),
      "predict"),
     (check.ch07.compute_metrics, _compute_metrics, "classification_scores"),
+    (check.ch10.sequence_logprob, preference.sequence_logprobs_from_logits, "sequence_logprobs_from_logits"),
+    (check.ch10.bradley_terry_loss, preference.bradley_terry_loss, "bradley_terry_loss"),
+    (check.ch10.dpo_loss, _dpo_loss, "dpo_loss"),
+    (check.ch10.reward_accuracy, preference.reward_accuracy, "reward_accuracy"),
 ]

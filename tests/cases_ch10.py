@@ -1,0 +1,155 @@
+"""Chapter 10 answers for the self-check tests (test_checks.py): correct ones and typical mistakes."""
+
+import torch
+import torch.nn.functional as F
+
+from llmscratch import check
+
+IGNORE_INDEX = -100
+
+
+# ---- correct answers (the notebook's solutions) -----------------------------------------------------
+def sequence_logprob(logits, labels):
+    logits, labels = logits[:, :-1], labels[:, 1:]                  # the logits at t predict the token at t + 1
+    mask = labels != IGNORE_INDEX
+    logp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)   # (B, T-1)
+    return (logp * mask).sum(-1)
+
+
+def sequence_logprob_cross_entropy(logits, labels):
+    """Another correct way: cross_entropy skips IGNORE_INDEX itself."""
+    B, T, V = logits.shape
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), reduction="none")
+    return -nll.view(B, T - 1).sum(-1)
+
+
+def bradley_terry_loss(chosen_rewards, rejected_rewards):
+    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+
+
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    chosen = policy_chosen - ref_chosen.detach()
+    rejected = policy_rejected - ref_rejected.detach()
+    loss = -F.logsigmoid(beta * (chosen - rejected)).mean()
+    return loss, beta * chosen.detach(), beta * rejected.detach()
+
+
+def reward_accuracy(chosen_rewards, rejected_rewards):
+    wins = (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
+    return wins.mean().item()
+
+
+# ---- typical mistakes -----------------------------------------------------------------------------------
+def logprob_unshifted(logits, labels):
+    logp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * (labels != IGNORE_INDEX)).sum(-1)
+
+
+def logprob_with_prompt(logits, labels):
+    y = labels[:, 1:].clamp(min=0)                                   # no mask: the prompt's positions count too
+    return logits[:, :-1].log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
+def logprob_mean(logits, labels):
+    mask = labels[:, 1:] != IGNORE_INDEX
+    return sequence_logprob(logits, labels) / mask.sum(-1)
+
+
+def logprob_batch_sum(logits, labels):
+    return sequence_logprob(logits, labels).sum()
+
+
+def logprob_of_probs(logits, labels):
+    y = labels[:, 1:]
+    p = logits[:, :-1].softmax(-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (p * (y != IGNORE_INDEX)).sum(-1)
+
+
+def bt_swapped(chosen_rewards, rejected_rewards):
+    return -F.logsigmoid(rejected_rewards - chosen_rewards).mean()
+
+
+def bt_mean_first(chosen_rewards, rejected_rewards):
+    return -F.logsigmoid((chosen_rewards - rejected_rewards).mean())
+
+
+def bt_log_of_sigmoid(chosen_rewards, rejected_rewards):
+    return -torch.log(torch.sigmoid(chosen_rewards - rejected_rewards)).mean()
+
+
+def bt_no_log(chosen_rewards, rejected_rewards):
+    return (1 - torch.sigmoid(chosen_rewards - rejected_rewards)).mean()
+
+
+def bt_sum(chosen_rewards, rejected_rewards):
+    return -F.logsigmoid(chosen_rewards - rejected_rewards).sum()
+
+
+def dpo_factory(swap=False, beta_mode="times", detach=True, mean_first=False, no_ref=False):
+    def wrong(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+        if swap:
+            policy_chosen, policy_rejected = policy_rejected, policy_chosen
+            ref_chosen, ref_rejected = ref_rejected, ref_chosen
+        if detach:
+            ref_chosen, ref_rejected = ref_chosen.detach(), ref_rejected.detach()
+        b = {"times": beta, "missing": 1.0, "inverted": 1 / beta}[beta_mode]
+        chosen = policy_chosen - (0 if no_ref else ref_chosen)
+        rejected = policy_rejected - (0 if no_ref else ref_rejected)
+        h = chosen - rejected
+        loss = -F.logsigmoid(b * h.mean()) if mean_first else -F.logsigmoid(b * h).mean()
+        return loss, beta * chosen.detach(), beta * rejected.detach()
+    return wrong
+
+
+def dpo_rewards_without_beta(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    loss, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+    return loss, chosen / beta, rejected / beta
+
+
+def accuracy_ties_wrong(chosen_rewards, rejected_rewards):
+    return (chosen_rewards > rejected_rewards).float().mean().item()
+
+
+def accuracy_ties_right(chosen_rewards, rejected_rewards):
+    return (chosen_rewards >= rejected_rewards).float().mean().item()
+
+
+def accuracy_swapped(chosen_rewards, rejected_rewards):
+    return reward_accuracy(rejected_rewards, chosen_rewards)
+
+
+def accuracy_count(chosen_rewards, rejected_rewards):
+    return (chosen_rewards > rejected_rewards).sum().item()
+
+
+CORRECT = [
+    (check.ch10.sequence_logprob, sequence_logprob),
+    (check.ch10.sequence_logprob, sequence_logprob_cross_entropy),
+    (check.ch10.bradley_terry_loss, bradley_terry_loss),
+    (check.ch10.dpo_loss, dpo_loss),
+    (check.ch10.reward_accuracy, reward_accuracy),
+]
+
+MISTAKES = [
+    (check.ch10.sequence_logprob, logprob_unshifted, "not shifted"),
+    (check.ch10.sequence_logprob, logprob_with_prompt, "prompt tokens"),
+    (check.ch10.sequence_logprob, logprob_mean, "mean log-prob per reply token"),
+    (check.ch10.sequence_logprob, logprob_batch_sum, "one log-probability per row"),
+    (check.ch10.sequence_logprob, logprob_of_probs, "probabilities were summed"),
+    (check.ch10.bradley_terry_loss, bt_swapped, "swapped"),
+    (check.ch10.bradley_terry_loss, bt_mean_first, "before the log-sigmoid"),
+    (check.ch10.bradley_terry_loss, bt_log_of_sigmoid, "F.logsigmoid"),
+    (check.ch10.bradley_terry_loss, bt_no_log, "LOG-likelihood"),
+    (check.ch10.bradley_terry_loss, bt_sum, "summed"),
+    (check.ch10.dpo_loss, dpo_factory(swap=True), "swapped"),
+    (check.ch10.dpo_loss, dpo_factory(beta_mode="missing"), "beta is missing"),
+    (check.ch10.dpo_loss, dpo_factory(beta_mode="inverted"), "beta is inverted"),
+    (check.ch10.dpo_loss, dpo_factory(detach=False), "detach"),
+    (check.ch10.dpo_loss, dpo_factory(mean_first=True), "before the log-sigmoid"),
+    (check.ch10.dpo_loss, dpo_factory(no_ref=True), "reference is missing"),
+    (check.ch10.dpo_loss, dpo_rewards_without_beta, "lack beta"),
+    (check.ch10.reward_accuracy, accuracy_ties_wrong, "counted as wrong"),
+    (check.ch10.reward_accuracy, accuracy_ties_right, "counted as right"),
+    (check.ch10.reward_accuracy, accuracy_swapped, "swapped"),
+    (check.ch10.reward_accuracy, accuracy_count, "a count"),
+]
