@@ -200,6 +200,23 @@ CASES = {
             "emptied": "test_rouge_l",
         },
     },
+    "10_preference_tuning": {
+        # The batch mean taken inside the log-sigmoid: one loss for the batch, not the mean of the pairs' losses.
+        "mistake": ("dpo_loss", "def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):\n"
+                                "    chosen = policy_chosen - ref_chosen.detach()\n"
+                                "    rejected = policy_rejected - ref_rejected.detach()\n"
+                                "    loss = -F.logsigmoid(beta * (chosen - rejected).mean())\n"
+                                "    return loss, beta * chosen.detach(), beta * rejected.detach()\n", {"test_dpo_loss"}),
+        "tamper": {
+            "broken": {"bradley_terry_loss": "def bradley_terry_loss(chosen_rewards, rejected_rewards):\n"
+                                             "    return -F.logsigmoid(rejected_rewards - chosen_rewards).mean()\n",
+                       "sequence_logprob": "def sequence_logprob(logits, labels):\n"
+                                           "    logp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]\n"
+                                           "    return (logp * (labels != IGNORE_INDEX)).sum(-1)\n"},
+            "deleted": "test_bradley_terry_loss",
+            "emptied": "test_sequence_logprob",
+        },
+    },
 }
 
 
@@ -210,7 +227,7 @@ WORKERS = available_cpus() + 1
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "LLMSCRATCH_THREADS": "1"}
 # The chapters that also grade a noisy submission (the rule is nbgrader_config's, not a chapter's): two quick ones, and
 # the newest chapter, whose exercises are new to the rule.
-NOISY = {"00_language_models", "03_attention", "09_instruction_tuning"}
+NOISY = {"00_language_models", "03_attention", "10_preference_tuning"}
 # Chapters whose mistake and tampering are graded apart: with both in one notebook, nothing would be left to pass.
 SEPARATE = {"02_embeddings_and_positions", "03_attention"}
 
@@ -320,10 +337,10 @@ def grade_chapter(chapter, course):
     return course / "grading" / "gradebook.db", time.perf_counter() - start
 
 
-# Longest first, so that no slow chapter is left running alone at the end (08 and 09 load a 135M-parameter model
+# Longest first, so that no slow chapter is left running alone at the end (08-10 load a 135M-parameter model
 # in every submission); the rest in order.
-SLOW_FIRST = ("09_instruction_tuning", "00_language_models", "08_llama", "07_classification", "06_bert",
-              "05_pretraining")
+SLOW_FIRST = ("10_preference_tuning", "09_instruction_tuning", "00_language_models", "08_llama", "07_classification",
+              "06_bert", "05_pretraining")
 
 
 @pytest.fixture(scope="session")
@@ -332,8 +349,8 @@ def gradebooks(request, tmp_path_factory):
     chapters = {item.callspec.params["graded"] for item in request.session.items
                 if hasattr(item, "callspec") and "graded" in item.callspec.params}
     chapters = sorted(chapters, key=lambda c: (SLOW_FIRST.index(c) if c in SLOW_FIRST else len(SLOW_FIRST), c))
-    if {"08_llama", "09_instruction_tuning"} & set(chapters):
-        smollm2_dir()   # convert SmolLM2 once, on every thread, before the one-thread kernels of 08 and 09 need it
+    if {"08_llama", "09_instruction_tuning", "10_preference_tuning"} & set(chapters):
+        smollm2_dir()   # convert SmolLM2 once, on every thread, before the one-thread kernels of 08-10 need it
     with ThreadPoolExecutor(WORKERS) as pool:
         futures = {c: pool.submit(grade_chapter, c, tmp_path_factory.mktemp(f"course-{c}")) for c in chapters}
         done = {c: f.result() for c, f in futures.items()}

@@ -296,6 +296,8 @@ def test_train_dpo_needs_lora_and_pairs(smollm2):
     tuned = apply_lora(copy.deepcopy(model), sft.LORA_TARGETS, r=2, alpha=4)
     with pytest.raises(ValueError, match="no preference pairs"):
         pref.train_dpo(tuned, tokenizer, [], pref.PRESETS["quick"])
+    with pytest.raises(ValueError, match=r"shape \(5, 2\); got \(4, 2\)"):
+        pref.train_dpo(tuned, tokenizer, some_pairs(), pref.PRESETS["quick"], reference=torch.zeros(4, 2))
 
 
 def test_text_kl_is_zero_at_the_start_and_grows_with_the_adapters(smollm2):

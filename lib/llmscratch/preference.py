@@ -248,24 +248,28 @@ class DPOObjective(nn.Module):
 
 # ---- the DPO run --------------------------------------------------------------------------------
 # quick: CI and autograding. cpu: the notebook on a 2-core laptop. gpu: every pair, longer.
-# pairs_per_step pairs are 2x as many sequences in each forward pass. beta: the main run's; betas: the ablation.
+# pairs_per_step pairs are 2x as many sequences in each forward pass. beta: the main run's; betas: the ablation's,
+# each run ablation_steps steps of ablation_pairs pairs.
 PRESETS = {
     "quick": dict(train_questions=8, eval_questions=6, max_new_tokens=8, steps=2, pairs_per_step=2, lr=1e-3,
-                  warmup=1, beta=0.1, betas=(0.1,), ablation_steps=1, rank=8, alpha=16, rm_steps=2, rm_batch=4,
-                  rm_lr=1e-4, rm_max_length=48, forget_blocks=2, shown=2),
+                  warmup=1, beta=0.1, betas=(0.1,), ablation_steps=1, ablation_pairs=2, rank=8, alpha=16,
+                  rm_steps=2, rm_batch=4, rm_lr=1e-4, rm_max_length=48, forget_blocks=2, shown=2),
     "cpu": dict(train_questions=64, eval_questions=32, max_new_tokens=16, steps=16, pairs_per_step=8, lr=1e-3,
-                warmup=2, beta=0.1, betas=(0.01, 0.1, 1.0), ablation_steps=8, rank=8, alpha=16, rm_steps=40,
-                rm_batch=16, rm_lr=1e-4, rm_max_length=48, forget_blocks=8, shown=6),
+                warmup=2, beta=0.1, betas=(0.01, 0.1, 1.0), ablation_steps=6, ablation_pairs=4, rank=8, alpha=16,
+                rm_steps=40, rm_batch=16, rm_lr=1e-4, rm_max_length=48, forget_blocks=8, shown=6),
     "gpu": dict(train_questions=None, eval_questions=None, max_new_tokens=32, steps=300, pairs_per_step=32, lr=5e-4,
-                warmup=20, beta=0.1, betas=(0.01, 0.03, 0.1, 0.3, 1.0), ablation_steps=100, rank=16, alpha=32,
-                rm_steps=400, rm_batch=64, rm_lr=5e-5, rm_max_length=64, forget_blocks=32, shown=8),
+                warmup=20, beta=0.1, betas=(0.01, 0.03, 0.1, 0.3, 1.0), ablation_steps=100, ablation_pairs=32,
+                rank=16, alpha=32, rm_steps=400, rm_batch=64, rm_lr=5e-5, rm_max_length=64, forget_blocks=32,
+                shown=8),
 }
 
 
 def train_dpo(model, tokenizer, pairs: list[Pair], p: dict, beta: float | None = None, steps: int | None = None,
-              loss_type: str = "sigmoid", label_smoothing: float = 0.0, on_step=None, seed: int = 0):
+              loss_type: str = "sigmoid", label_smoothing: float = 0.0, on_step=None, seed: int = 0,
+              reference: torch.Tensor | None = None):
     """DPO on a LoRA-wrapped policy, in place, with chapter 05's train_step (clipping, warmup then cosine decay).
-    The reference log-probs are computed once, adapters off, before the first step. Returns the log."""
+    The reference log-probs (N, 2) are computed once, adapters off, before the first step, unless given (they
+    do not change: several runs on the same pairs can share them; per token for IPO). Returns the log."""
     from .hardware import autocast_dtype, grad_scaler
     from .train import configure_optimizer, lr_at, train_step
 
@@ -276,8 +280,12 @@ def train_dpo(model, tokenizer, pairs: list[Pair], p: dict, beta: float | None =
         raise ValueError("no preference pairs to train on")
     beta = p["beta"] if beta is None else beta
     steps = p["steps"] if steps is None else steps
-    reference = pair_logprobs(model, tokenizer, pairs, reference=True,                   # (N, 2), a constant
-                              average=loss_type == "ipo")
+    if reference is None:
+        reference = pair_logprobs(model, tokenizer, pairs, reference=True,               # (N, 2), a constant
+                                  average=loss_type == "ipo")
+    elif reference.shape != (len(pairs), 2):
+        raise ValueError(f"reference must hold (chosen, rejected) log-probs for each of the {len(pairs)} pairs, "
+                         f"shape ({len(pairs)}, 2); got {tuple(reference.shape)}")
     objective = DPOObjective(model, beta, loss_type, label_smoothing)
     optimizer = configure_optimizer(model, lr=p["lr"], weight_decay=0.0)
     device = next(model.parameters()).device
@@ -304,11 +312,13 @@ def train_dpo(model, tokenizer, pairs: list[Pair], p: dict, beta: float | None =
     return log
 
 
-def evaluate_pairs(model, tokenizer, pairs: list[Pair], beta: float, reference: torch.Tensor | None = None) -> dict:
+def evaluate_pairs(model, tokenizer, pairs: list[Pair], beta: float, reference: torch.Tensor | None = None,
+                   logps: torch.Tensor | None = None) -> dict:
     """The DPO metrics on pairs (held-out ones: never trained on), overall and per kind of rejected reply; the
-    implicit reward of summed log-probs, whatever loss trained the policy."""
+    implicit reward of summed log-probs, whatever loss trained the policy. reference, logps: (N, 2) log-probs of
+    the reference and the policy, when already computed."""
     reference = pair_logprobs(model, tokenizer, pairs, reference=True) if reference is None else reference
-    logps = pair_logprobs(model, tokenizer, pairs)
+    logps = pair_logprobs(model, tokenizer, pairs) if logps is None else logps
     out = pair_metrics(logps, reference, beta)
     for kind in ("reply", "topic"):
         rows = torch.tensor([p.kind == kind for p in pairs])
