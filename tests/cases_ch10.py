@@ -50,6 +50,18 @@ def logprob_with_prompt(logits, labels):
     return logits[:, :-1].log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
+def logprob_shifted_backwards(logits, labels):
+    y = labels[:, :-1]
+    logp = logits[:, 1:].log_softmax(-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * (y != IGNORE_INDEX)).sum(-1)
+
+
+def logprob_softmax_over_time(logits, labels):
+    y = labels[:, 1:]
+    logp = logits.log_softmax(1)[:, :-1].gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * (y != IGNORE_INDEX)).sum(-1)
+
+
 def logprob_mean(logits, labels):
     mask = labels[:, 1:] != IGNORE_INDEX
     return sequence_logprob(logits, labels) / mask.sum(-1)
@@ -101,6 +113,21 @@ def dpo_factory(swap=False, beta_mode="times", detach=True, mean_first=False, no
     return wrong
 
 
+def dpo_inverted_ratio(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    chosen, rejected = ref_chosen.detach() - policy_chosen, ref_rejected.detach() - policy_rejected
+    return -F.logsigmoid(beta * (chosen - rejected)).mean(), beta * chosen.detach(), beta * rejected.detach()
+
+
+def dpo_summed(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    chosen, rejected = policy_chosen - ref_chosen.detach(), policy_rejected - ref_rejected.detach()
+    return -F.logsigmoid(beta * (chosen - rejected)).sum(), beta * chosen.detach(), beta * rejected.detach()
+
+
+def dpo_beta_outside(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    chosen, rejected = policy_chosen - ref_chosen.detach(), policy_rejected - ref_rejected.detach()
+    return -beta * F.logsigmoid(chosen - rejected).mean(), beta * chosen.detach(), beta * rejected.detach()
+
+
 def dpo_rewards_without_beta(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
     loss, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
     return loss, chosen / beta, rejected / beta
@@ -134,6 +161,8 @@ MISTAKES = [
     (check.ch10.sequence_logprob, logprob_unshifted, "not shifted"),
     (check.ch10.sequence_logprob, logprob_with_prompt, "prompt tokens"),
     (check.ch10.sequence_logprob, logprob_mean, "mean log-prob per reply token"),
+    (check.ch10.sequence_logprob, logprob_shifted_backwards, "the shift goes the wrong way"),
+    (check.ch10.sequence_logprob, logprob_softmax_over_time, "wrong dimension"),
     (check.ch10.sequence_logprob, logprob_batch_sum, "one log-probability per row"),
     (check.ch10.sequence_logprob, logprob_of_probs, "probabilities were summed"),
     (check.ch10.bradley_terry_loss, bt_swapped, "swapped"),
@@ -148,6 +177,9 @@ MISTAKES = [
     (check.ch10.dpo_loss, dpo_factory(mean_first=True), "before the log-sigmoid"),
     (check.ch10.dpo_loss, dpo_factory(no_ref=True), "reference is missing"),
     (check.ch10.dpo_loss, dpo_rewards_without_beta, "lack beta"),
+    (check.ch10.dpo_loss, dpo_inverted_ratio, "log-ratios are inverted"),
+    (check.ch10.dpo_loss, dpo_summed, "summed"),
+    (check.ch10.dpo_loss, dpo_beta_outside, "beta multiplies the log-sigmoid"),
     (check.ch10.reward_accuracy, accuracy_ties_wrong, "counted as wrong"),
     (check.ch10.reward_accuracy, accuracy_ties_right, "counted as right"),
     (check.ch10.reward_accuracy, accuracy_swapped, "swapped"),

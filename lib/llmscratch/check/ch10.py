@@ -38,6 +38,11 @@ def sequence_logprob(fn):
                 or close(got, _unshifted(logits, labels)):
             raise CheckFailed("the logits and the labels are not shifted: the logits at position t predict the "
                               "token at t + 1, so pair logits[:, :-1] with labels[:, 1:] (the off-by-one)")
+        expect(not close(got, _shifted_backwards(logits, labels)),
+               "the shift goes the wrong way: logits[:, 1:] with labels[:, :-1] scores each token with the logits "
+               "of the position after it. The logits at t predict the token at t + 1: logits[:, :-1], labels[:, 1:]")
+        expect(not close(got, _softmax_over_time(logits, labels)),
+               "log_softmax ran over the wrong dimension: normalise over the vocabulary, the last one (dim=-1)")
         expect(not close(got, pref.sequence_logprobs_from_logits(logits, labels, average=True)),
                "that is the mean log-prob per reply token; the sequence log-probability is their sum, log p(y|x) = "
                "sum over the reply's tokens (the mean-per-token variant is a different, length-normalised score)")
@@ -59,6 +64,18 @@ def sequence_logprob(fn):
 def _unshifted(logits, labels):
     lp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (lp * (labels != IGNORE_INDEX)).sum(-1)
+
+
+def _shifted_backwards(logits, labels):
+    y = labels[:, :-1]
+    lp = logits[:, 1:].log_softmax(-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (lp * (y != IGNORE_INDEX)).sum(-1)
+
+
+def _softmax_over_time(logits, labels):
+    y = labels[:, 1:]
+    lp = logits.log_softmax(1)[:, :-1].gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (lp * (y != IGNORE_INDEX)).sum(-1)
 
 
 def _summed_probs(logits, labels):
@@ -121,7 +138,8 @@ def dpo_loss(fn):
             return pref.dpo_loss(**{"policy_chosen": pc, "policy_rejected": pr, "ref_chosen": rc,
                                     "ref_rejected": rr, "beta": beta, **kw})["loss"]
         expect(not close(loss, wrong(policy_chosen=pr, policy_rejected=pc, ref_chosen=rr, ref_rejected=rc)),
-               "chosen and rejected are swapped: this loss teaches the model to prefer the rejected replies")
+               "chosen and rejected are swapped, or the log-ratios are inverted (they are log pi - log pi_ref, "
+               "the policy first): this loss teaches the model to prefer the rejected replies")
         expect(not close(loss, wrong(beta=1.0)),
                "beta is missing: the margin of log-ratios is scaled by beta inside the log-sigmoid")
         expect(not close(loss, wrong(beta=1 / beta)),
@@ -133,6 +151,10 @@ def dpo_loss(fn):
                "the reference log-probs were added; the implicit reward is beta * (log pi - log pi_ref)")
         expect(not close(loss, -F.logsigmoid(beta * (pc - pr)).mean()),
                "the reference is missing: DPO compares each log-prob with the reference model's")
+        expect(not close(loss, -F.logsigmoid(beta * h).sum()),
+               "the per-pair losses were summed; take their mean, so that the loss does not grow with the batch")
+        expect(not close(loss, -beta * F.logsigmoid(h).mean()),
+               "beta multiplies the log-sigmoid instead of the margin inside it: -log sigmoid(beta * h)")
         expect_tensor(loss, expected["loss"], "the DPO loss", atol=1e-5)
         for name, got_r, exp_r in (("chosen", chosen_rewards, expected["chosen_rewards"]),
                                    ("rejected", rejected_rewards, expected["rejected_rewards"])):
