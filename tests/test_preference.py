@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM
 from trl import DPOTrainer
 
@@ -21,6 +20,7 @@ from llmscratch.llama import Llama, load_smollm2, smollm2_dir
 from llmscratch.lora import LoRALinear, adapters_disabled, apply_lora, lora_layers
 from llmscratch.sft import IGNORE_INDEX, TOPICS
 from llmscratch.train import configure_optimizer, train_step
+from test_sft import randomize_b, random_hf   # chapter 09's random HF Llama (vocabulary 97) and trained LoRA B
 
 
 # ---- the loss against TRL ---------------------------------------------------------------------------
@@ -138,18 +138,6 @@ def test_bad_settings_say_what_to_use():
 
 
 # ---- sequence log-probabilities -----------------------------------------------------------------------
-def random_hf(seed, vocab=97):
-    torch.manual_seed(seed)
-    hc = HFLlamaConfig(vocab_size=vocab, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6,
-                       tie_word_embeddings=True)
-    hf = LlamaForCausalLM(hc).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return hf
-
-
 def hf_sequence_logprobs(hf, input_ids, labels):
     """The same quantity from HF's logits, written without the course: log-softmax, gather, mask, sum."""
     with torch.no_grad():
@@ -223,10 +211,7 @@ def trained_lora(seed):
     base = Llama.from_hf(random_hf(seed)).eval()
     frozen = copy.deepcopy(base).requires_grad_(False)
     model = apply_lora(base, sft.LORA_TARGETS, r=4, alpha=8)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in lora_layers(model).values():
-            layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=g) * 0.1)
+    randomize_b(model, seed)
     return model, frozen
 
 

@@ -52,11 +52,9 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         y = self.base_layer(x)                                                           # (B, T, out)
-        if self.merged:   # W already holds W + scale * B A
-            if self.disabled:
-                raise RuntimeError("a merged LoRA layer cannot be switched off: unmerge() it first")
-            return y
-        if self.disabled:
+        if self.merged and self.disabled:
+            raise RuntimeError("a merged LoRA layer cannot be switched off: unmerge() it first")
+        if self.merged or self.disabled:   # merged: W already holds W + scale * B A
             return y
         return y + self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))       # (B, T, out)
 

@@ -90,7 +90,7 @@ def likeliest_wrong_topics(model, tokenizer, questions: list[tuple[str, str]], b
     for k in range(0, len(questions), batch_size):
         chunk = questions[k:k + batch_size]
         examples = [sft.encode_chat(sft.topic_messages(q, "x"), tokenizer) for q, _ in chunk]
-        starts = [e["labels"].index(next(l for l in e["labels"] if l != IGNORE_INDEX)) for e in examples]
+        starts = [next(i for i, l in enumerate(e["labels"]) if l != IGNORE_INDEX) for e in examples]   # reply starts
         batch = sft.collate(examples, tokenizer.pad_token_id)
         logits = model(batch["input_ids"].to(device))[0]                                 # (b, T, vocab)
         for b, ((_, topic), s) in enumerate(zip(chunk, starts)):
@@ -213,13 +213,19 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
 def reward_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
     """How often the chosen reply gets the higher reward; a tie counts one half (it is a coin toss), so the
     untrained policy (every reward 0) scores 50%. TRL counts ties as wrong and would print 0% there."""
-    return ((chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()).mean().item()
+    wins = (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
+    return wins.mean().item()
 
 
 def pair_metrics(logps: torch.Tensor, ref_logps: torch.Tensor, beta: float, loss_type: str = "sigmoid",
                  label_smoothing: float = 0.0) -> dict:
     """What every DPO run prints, from (N, 2) log-probs of the policy and the reference."""
     out = dpo_loss(logps[:, 0], logps[:, 1], ref_logps[:, 0], ref_logps[:, 1], beta, loss_type, label_smoothing)
+    return metrics_of(out, logps)
+
+
+def metrics_of(out: dict, logps: torch.Tensor) -> dict:
+    """pair_metrics from dpo_loss's output and the policy's (N, 2) log-probs."""
     c, r = out["chosen_rewards"], out["rejected_rewards"]
     return {"loss": out["loss"].item(), "accuracy": reward_accuracy(c, r), "chosen_reward": c.mean().item(),
             "rejected_reward": r.mean().item(), "margin": (c - r).mean().item(),
@@ -241,8 +247,7 @@ class DPOObjective(nn.Module):
         chosen, rejected = lp.chunk(2)                                                             # (B,) each
         out = dpo_loss(chosen, rejected, ref_logps[:, 0], ref_logps[:, 1], self.beta, self.loss_type,
                        self.label_smoothing)
-        self.last = pair_metrics(torch.stack([chosen, rejected], 1).detach(), ref_logps, self.beta, self.loss_type,
-                                 self.label_smoothing)
+        self.last = metrics_of(out, torch.stack([chosen, rejected], 1).detach())
         return None, out["loss"]
 
 
@@ -460,7 +465,8 @@ def main(argv=None):
           f"{len(held_q)} questions ({time.perf_counter() - t0:.0f} s to generate)")
     apply_lora(model, sft.LORA_TARGETS, p["rank"], p["alpha"])
     held_ref = pair_logprobs(model, tokenizer, held_pairs, reference=True)
-    before = {**evaluate_pairs(model, tokenizer, held_pairs, p["beta"], held_ref),
+    # step 0: LoRA's B = 0, so the policy's log-probs are the reference's
+    before = {**evaluate_pairs(model, tokenizer, held_pairs, p["beta"], held_ref, logps=held_ref),
               **{k: v for k, v in score_generations(model, tokenizer, held_q).items() if k != "replies"},
               "forgetting_loss": sft.text_loss(model, tokenizer, sft.forgetting_text(), blocks=p["forget_blocks"])}
     print(f"before: {json.dumps(before)}")

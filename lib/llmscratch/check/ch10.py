@@ -61,27 +61,26 @@ def sequence_logprob(fn):
     return "4 batches of 5 rows, replies of different lengths and places"
 
 
+# The typical mistakes' results: per-position scores (B, T', V) picked at the labels (B, T') and summed over them.
+def _picked_sum(scores, labels):
+    picked = scores.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * (labels != IGNORE_INDEX)).sum(-1)
+
+
 def _unshifted(logits, labels):
-    lp = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (lp * (labels != IGNORE_INDEX)).sum(-1)
+    return _picked_sum(logits.log_softmax(-1), labels)
 
 
 def _shifted_backwards(logits, labels):
-    y = labels[:, :-1]
-    lp = logits[:, 1:].log_softmax(-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (lp * (y != IGNORE_INDEX)).sum(-1)
+    return _picked_sum(logits[:, 1:].log_softmax(-1), labels[:, :-1])
 
 
 def _softmax_over_time(logits, labels):
-    y = labels[:, 1:]
-    lp = logits.log_softmax(1)[:, :-1].gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (lp * (y != IGNORE_INDEX)).sum(-1)
+    return _picked_sum(logits.log_softmax(1)[:, :-1], labels[:, 1:])
 
 
 def _summed_probs(logits, labels):
-    y = labels[:, 1:]
-    p = logits[:, :-1].softmax(-1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (p * (y != IGNORE_INDEX)).sum(-1)
+    return _picked_sum(logits[:, :-1].softmax(-1), labels[:, 1:])
 
 
 # ---- Bradley-Terry --------------------------------------------------------------------------------------
