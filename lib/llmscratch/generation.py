@@ -13,15 +13,21 @@ class CausalLM(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, eos_token_id: int | list[int] | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None):
         """Continue idx (B, T) by up to max_new_tokens tokens. temperature 0 is greedy; top_k and
         top_p filter the distribution first. Sequences that produced an end token (eos_token_id: one
-        id or several) stop growing (they are padded with the first one); generation ends when all have."""
+        id or several) stop growing (they are padded with the first one); generation ends when all have.
+        Prompts of different lengths go in one batch left-padded, with attention_mask (B, T), 1 = a real token
+        (as tokenizers return it): the padding is never attended to and each row's positions start at its
+        first real token, so a row generates what it would alone. The model must take attention_mask and
+        position_ids (the course Llama does)."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if idx.shape[1] + max_new_tokens > self.config.block_size:
             raise ValueError(f"prompt ({idx.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
                              f"{self.config.block_size} tokens: shorten the prompt or generate fewer tokens")
+        if attention_mask is not None and attention_mask.shape != idx.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have idx's shape {tuple(idx.shape)}")
         stop = None
         if eos_token_id is not None:
             stop = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
@@ -35,13 +41,20 @@ class CausalLM(nn.Module):
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         step_input = idx
         for _ in range(max_new_tokens):
-            logits, _ = self(step_input if use_cache else idx, cache=cache)
+            if attention_mask is None:
+                logits, _ = self(step_input if use_cache else idx, cache=cache)
+            else:
+                x = step_input if use_cache else idx
+                positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -x.shape[1]:]    # (B, T) per row
+                logits, _ = self(x, cache=cache, attention_mask=attention_mask, position_ids=positions)
             next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)     # (B, 1)
             if stop is not None:
                 next_token = next_token.masked_fill(done[:, None], stop[0])
                 done |= torch.isin(next_token[:, 0], stop)
             idx = torch.cat((idx, next_token), dim=1)
             step_input = next_token
+            if attention_mask is not None:
+                attention_mask = torch.cat((attention_mask, attention_mask.new_ones(idx.shape[0], 1)), dim=1)
             if stop is not None and done.all():
                 break
         self.train(was_training)

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import GroupedQueryAttention, KVCache
+from .attention import GroupedQueryAttention, KVCache, combine_masks
 from .download import cache_dir, sha256_of
 from .generation import CausalLM
 from .positions import RoPE
@@ -88,6 +88,14 @@ class LlamaBlock(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def padding_query_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, 1, T, S) for the last T queries over all S keys of attention_mask (B, S), 1 = a real token: real tokens
+    see only real keys; a padding query sees every key (causality still applies), as a query with no key at all
+    gives softmax(all -inf) = NaN, which the next layer's 0 * NaN would carry into the real tokens."""
+    real = attention_mask.bool()                                                         # (B, S)
+    return real[:, None, None, :] | ~real[:, None, -T:, None]                            # (B, 1, T, S)
+
+
 class Llama(CausalLM):
     def __init__(self, config: LlamaConfig):
         super().__init__()
@@ -106,28 +114,36 @@ class Llama(CausalLM):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, ignore_index: int = -100, cache: KVCache | None = None,
-                segment_ids=None, position_ids=None):
+                segment_ids=None, position_ids=None, attention_mask=None):
         """Logits (B, T, vocab) for token ids idx (B, T), and with targets the mean cross-entropy over
         the positions whose target is not ignore_index: the same contract as the GPT's.
         Packed rows (chapter 09) pass segment_ids (B, T), which example each token belongs to: a token
-        attends only to earlier tokens of its own example; position_ids (B, T) restart at 0 in each."""
-        logits = self.lm_head(self.hidden_states(idx, cache, segment_ids, position_ids))     # (B, T, vocab)
+        attends only to earlier tokens of its own example; position_ids (B, T) restart at 0 in each.
+        Left-padded rows (chapter 11's batched sampling) pass attention_mask (B, S), 1 = a real token, over
+        every position so far (the cached ones and idx's: S = cache.length + T), and their position_ids."""
+        logits = self.lm_head(self.hidden_states(idx, cache, segment_ids, position_ids, attention_mask))   # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
                                    ignore_index=ignore_index)
         return logits, loss
 
-    def hidden_states(self, idx, cache: KVCache | None = None, segment_ids=None, position_ids=None):
+    def hidden_states(self, idx, cache: KVCache | None = None, segment_ids=None, position_ids=None,
+                      attention_mask=None):
         """The final normalised states (B, T, C), before lm_head: scoring a few positions of a long sequence
         (chapter 10's replies) then costs the vocabulary projection of those positions only."""
         B, T = idx.shape
         mask = None
+        start = cache.length if cache is not None else 0
         if segment_ids is not None:
             if cache is not None:
                 raise ValueError("packed rows (segment_ids) are for training and scoring, not for cached generation")
             mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]        # (B, 1, T, T)
-        start = cache.length if cache is not None else 0
+        if attention_mask is not None:
+            if attention_mask.shape != (B, start + T):
+                raise ValueError(f"attention_mask must be ({B}, {start + T}): one entry per position so far, the "
+                                 f"cached ones included; got {tuple(attention_mask.shape)}")
+            mask = combine_masks(mask, padding_query_mask(attention_mask, T))            # (B, 1, T, S)
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than the context of {self.config.block_size} "
                              "(block_size): crop the input to the last block_size tokens")
