@@ -4,7 +4,7 @@
 import numpy as np
 
 from llmscratch import bert, bigram, check, train
-from llmscratch import preference
+from llmscratch import preference, rl
 from llmscratch import attention as attention_module
 from llmscratch.attention import CrossAttention, MultiHeadAttention
 from llmscratch.classify import predict
@@ -39,6 +39,14 @@ def _cross(x, memory, memory_mask, c_q, c_kv, c_proj, n_head):
 def _compute_metrics(eval_pred):
     logits, labels = eval_pred
     return classification_scores(labels, np.argmax(logits, axis=-1))
+
+
+def _group_advantages(rewards, group_size, scale=True):
+    return rl.group_advantages(rewards, group_size, scale)[0]
+
+
+def _grpo_loss(logps, old_logps, advantages, mask, epsilon=0.2):
+    return rl.grpo_loss(logps, old_logps, advantages, mask, epsilon=epsilon)["loss"]
 
 
 def _dpo_loss(pc, pr, rc, rr, beta):
@@ -80,4 +88,10 @@ DELEGATED = [
     (check.ch10.bradley_terry_loss, preference.bradley_terry_loss, "bradley_terry_loss"),
     (check.ch10.dpo_loss, _dpo_loss, "dpo_loss"),
     (check.ch10.reward_accuracy, preference.reward_accuracy, "reward_accuracy"),
+    (check.ch11.extract_answer, rl.extract_answer, "extract_answer"),
+    (check.ch11.reward, rl.reward, "reward"),
+    (check.ch11.group_advantages, _group_advantages, "group_advantages"),
+    (check.ch11.k3_kl, rl.k3_kl, "k3_kl"),
+    (check.ch11.grpo_loss, _grpo_loss, "grpo_loss"),
+    (check.ch11.pass_at_k, rl.pass_at_k, "pass_at_k"),
 ]

@@ -17,12 +17,13 @@ import cases_ch07
 import cases_ch08
 import cases_ch09
 import cases_ch10
+import cases_ch11
 from cases_delegation import DELEGATED
 from llmscratch.check import CheckFailed
 from llmscratch.check import core as check_core
 
-CORRECT = cases_ch00.CORRECT + cases_ch01.CORRECT + cases_ch02_ch03.CORRECT + cases_ch04.CORRECT + cases_ch05.CORRECT + cases_ch06.CORRECT + cases_ch07.CORRECT + cases_ch08.CORRECT + cases_ch09.CORRECT + cases_ch10.CORRECT
-MISTAKES = cases_ch00.MISTAKES + cases_ch01.MISTAKES + cases_ch02_ch03.MISTAKES + cases_ch04.MISTAKES + cases_ch05.MISTAKES + cases_ch06.MISTAKES + cases_ch07.MISTAKES + cases_ch08.MISTAKES + cases_ch09.MISTAKES + cases_ch10.MISTAKES
+CORRECT = cases_ch00.CORRECT + cases_ch01.CORRECT + cases_ch02_ch03.CORRECT + cases_ch04.CORRECT + cases_ch05.CORRECT + cases_ch06.CORRECT + cases_ch07.CORRECT + cases_ch08.CORRECT + cases_ch09.CORRECT + cases_ch10.CORRECT + cases_ch11.CORRECT
+MISTAKES = cases_ch00.MISTAKES + cases_ch01.MISTAKES + cases_ch02_ch03.MISTAKES + cases_ch04.MISTAKES + cases_ch05.MISTAKES + cases_ch06.MISTAKES + cases_ch07.MISTAKES + cases_ch08.MISTAKES + cases_ch09.MISTAKES + cases_ch10.MISTAKES + cases_ch11.MISTAKES
 
 
 @pytest.fixture(autouse=True)

@@ -122,3 +122,25 @@ def fits(estimate: MemoryEstimate, memory_bytes: int, reserve: int = 2**30, head
     `reserve`, and fragmentation and transient buffers (a logits gradient, the optimizer's temporaries) the
     rest of `headroom`."""
     return estimate.total <= headroom * (memory_bytes - reserve)
+
+
+def keep_freed_memory() -> bool:
+    """On Linux (glibc), keep memory that PyTorch frees for its next allocations instead of handing it back to the
+    system. A training step whose shapes change every time (RL: new completion lengths each step) otherwise asks
+    the kernel for fresh pages every step, and filling them with zeros (page faults) took longer than the forward
+    pass itself on a 2-core CPU: measured 6-16 s against 3.3 s for the same step once memory is kept. Costs
+    resident memory up to the largest step's. Returns whether it applied (False elsewhere: nothing to do)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:   # musl (Alpine) or no glibc
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)   # big tensors from the heap, not fresh mmaps
+    ok &= libc.mallopt(M_TRIM_THRESHOLD, 1 << 32)  # and the heap never trimmed back
+    ok &= libc.mallopt(M_TOP_PAD, 1 << 28)
+    return bool(ok)
