@@ -18,7 +18,7 @@ from trl.trainer.utils import nanstd
 
 from llmscratch import rl, sft
 from llmscratch.llama import Llama, load_smollm2
-from llmscratch.lora import apply_lora, load_adapter
+from llmscratch.lora import load_adapter
 from test_sft import random_hf
 
 
@@ -241,6 +241,27 @@ def test_left_padded_generation_equals_hugging_face_and_one_row_at_a_time():
             assert torch.equal(out[b], alone)
 
 
+def test_num_samples_reads_each_prompt_once_and_samples_as_repeated_prompts_do():
+    """generate(..., num_samples=n) prefills each prompt once and copies its KV cache: greedy and sampled tokens
+    (the same generator) equal those of the prompts repeated n times (float64: no rounding differences)."""
+    for seed in range(2):
+        ours = Llama.from_hf(random_hf(seed)).double().eval()
+        g = torch.Generator().manual_seed(seed)
+        rows = [torch.randint(3, 97, (int(n),), generator=g).tolist() for n in torch.randint(1, 12, (3,), generator=g)]
+        ids, mask = rl.left_pad(rows, 0)
+        for temperature in (0, 1.0):
+            kw = dict(temperature=temperature, eos_token_id=2)
+            shared = ours.generate(ids, 9, attention_mask=mask, num_samples=4,
+                                   generator=torch.Generator().manual_seed(5), **kw)
+            repeated = ours.generate(ids.repeat_interleave(4, 0), 9, attention_mask=mask.repeat_interleave(4, 0),
+                                     generator=torch.Generator().manual_seed(5), **kw)
+            assert torch.equal(shared, repeated)
+            if temperature:
+                assert len({tuple(r.tolist()) for r in shared}) > 3                     # really sampled
+    with pytest.raises(ValueError, match="num_samples"):
+        ours.generate(ids, 2, num_samples=0)
+
+
 def test_attention_mask_of_the_wrong_shape_is_refused():
     model = Llama.from_hf(random_hf(0)).eval()
     ids = torch.randint(97, (2, 5))
@@ -311,9 +332,14 @@ def test_command_line_writes_a_peft_adapter_and_results(tmp_path):
     for s in saved["log"]:
         assert {"reward", "accuracy", "format", "zero_variance", "length", "kl", "clip_fraction", "entropy",
                 "seconds_generation", "seconds_update"} <= set(s)
-        assert 0 <= s["zero_variance"] <= 1 and s["kl"] >= 0
+        assert 0 <= s["zero_variance"] <= 1
+        # the KL is measured on the rows that were scored; a step of only zero-variance groups scores none
+        assert (s["kl"] is None) == (s["zero_variance"] == 1 and saved["beta"] == 0) and (s["kl"] is None or s["kl"] >= 0)
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["target_modules"] == sorted(sft.LORA_TARGETS) and config["r"] == p["rank"]
-    model, _ = load_smollm2()
-    apply_lora(model, sft.LORA_TARGETS, p["rank"], p["alpha"])
-    load_adapter(model, tmp_path / "adapter")
+    model, tokenizer = load_smollm2()
+    load_adapter(model, tmp_path / "adapter")   # the saved adapter reproduces the evaluation that was printed
+    _, eval_set = rl.problem_sets(p["train_problems"], p["eval_problems"])
+    again = rl.evaluate(model, tokenizer, eval_set, p["max_new_tokens"])
+    assert [e["after"] for e in saved["examples"]] == again["replies"][:p["shown"]]
+    assert again["accuracy"] == saved["after"]["accuracy"] and again["format"] == saved["after"]["format"]

@@ -108,6 +108,12 @@ class KVCache:
         self.v[layer][:, :, start:start + T] = v
         return self.k[layer][:, :, :start + T], self.v[layer][:, :, :start + T]    # (B, nh, start + T, hs)
 
+    def repeat_interleave(self, n: int):
+        """Each row n times in a row (row b becomes rows b * n .. b * n + n - 1): samples of one prompt share
+        the prompt's keys and values, computed once."""
+        self.k = [k.repeat_interleave(n, 0) for k in self.k]
+        self.v = [v.repeat_interleave(n, 0) for v in self.v]
+
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 

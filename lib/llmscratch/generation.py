@@ -13,19 +13,23 @@ class CausalLM(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, eos_token_id: int | list[int] | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None):
+                 generator: torch.Generator | None = None, attention_mask: torch.Tensor | None = None,
+                 num_samples: int = 1):
         """Continue idx (B, T) by up to max_new_tokens tokens. temperature 0 is greedy; top_k and
         top_p filter the distribution first. Sequences that produced an end token (eos_token_id: one
         id or several) stop growing (they are padded with the first one); generation ends when all have.
         Prompts of different lengths go in one batch left-padded, with attention_mask (B, T), 1 = a real token
         (as tokenizers return it): the padding is never attended to and each row's positions start at its
         first real token, so a row generates what it would alone. The model must take attention_mask and
-        position_ids (the course Llama does)."""
+        position_ids (the course Llama does). num_samples: continue each prompt that many times (rows i * n ..
+        i * n + n - 1 of the result continue prompt i); the prompts are read once and their KV cache copied."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if idx.shape[1] + max_new_tokens > self.config.block_size:
             raise ValueError(f"prompt ({idx.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
                              f"{self.config.block_size} tokens: shorten the prompt or generate fewer tokens")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
         if attention_mask is not None and attention_mask.shape != idx.shape:
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have idx's shape {tuple(idx.shape)}")
         stop = None
@@ -40,14 +44,20 @@ class CausalLM(nn.Module):
             cache = self.new_cache(idx.shape[0], idx.device, dtype, max_len=idx.shape[1] + max_new_tokens)
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         step_input = idx
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
+            x = step_input if use_cache else idx
             if attention_mask is None:
-                logits, _ = self(step_input if use_cache else idx, cache=cache)
+                logits = self.next_token_logits(x, cache=cache)                                 # (B, vocab)
             else:
-                x = step_input if use_cache else idx
                 positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -x.shape[1]:]    # (B, T) per row
-                logits, _ = self(x, cache=cache, attention_mask=attention_mask, position_ids=positions)
-            next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)     # (B, 1)
+                logits = self.next_token_logits(x, cache=cache, attention_mask=attention_mask, position_ids=positions)
+            if step == 0 and num_samples > 1:   # the prompts were read once: now one copy per sample
+                idx, logits, done = (t.repeat_interleave(num_samples, 0) for t in (idx, logits, done))
+                if attention_mask is not None:
+                    attention_mask = attention_mask.repeat_interleave(num_samples, 0)
+                if cache is not None:
+                    cache.repeat_interleave(num_samples)
+            next_token = sample_next(logits, temperature, top_k, top_p, generator)               # (B, 1)
             if stop is not None:
                 next_token = next_token.masked_fill(done[:, None], stop[0])
                 done |= torch.isin(next_token[:, 0], stop)
@@ -59,6 +69,13 @@ class CausalLM(nn.Module):
                 break
         self.train(was_training)
         return idx
+
+    def next_token_logits(self, idx, **kwargs):
+        """Logits (B, vocab) at the last position only: reading a prompt of T tokens then costs one vocabulary
+        projection per row instead of T (for SmolLM2's 49k-token vocabulary, a fifth of a long prompt's work)."""
+        if hasattr(self, "hidden_states"):
+            return self.lm_head(self.hidden_states(idx, **kwargs)[:, -1])
+        return self(idx, **kwargs)[0][:, -1]
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:

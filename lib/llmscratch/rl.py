@@ -172,11 +172,10 @@ def sample(model, tokenizer, prompts: list[list[dict]], group_size: int = 1, max
     _, end = sft.template_ids(tokenizer)
     rows = [tokenizer.encode(apply_chat_template(m, add_generation_prompt=True, default_system=SMOLLM2_SYSTEM),
                              add_special_tokens=False) for m in prompts]
-    ids, mask = left_pad(rows, end)
-    ids = ids.repeat_interleave(group_size, 0).to(device)                                # (N, P)
-    mask = mask.repeat_interleave(group_size, 0).to(device)
-    out = model.generate(ids, max_new_tokens, temperature=temperature, top_p=top_p, eos_token_id=end,
-                         generator=generator, attention_mask=mask)
+    ids, mask = left_pad(rows, end)                                                      # (prompts, P)
+    out = model.generate(ids.to(device), max_new_tokens, temperature=temperature, top_p=top_p, eos_token_id=end,
+                         generator=generator, attention_mask=mask.to(device), num_samples=group_size)
+    ids, mask = ids.repeat_interleave(group_size, 0).to(device), mask.repeat_interleave(group_size, 0).to(device)
     completions = out[:, ids.shape[1]:]                                                  # (N, L)
     cmask = completion_mask(completions, end)
     texts = [tokenizer.decode(c[:int(n)].tolist(), skip_special_tokens=True).strip()
@@ -326,19 +325,19 @@ PRESETS = {
     "quick": dict(train_problems=16, eval_problems=8, steps=2, prompts_per_step=2, group_size=4, max_new_tokens=12,
                   temperature=0.5, top_p=None, lr=1e-3, warmup=0, inner_updates=1, beta=0.0, epsilon=0.2,
                   epsilon_high=None, aggregation="grpo", scale=True, rank=8, alpha=16, pass_k_problems=4,
-                  pass_k_samples=4, ablation_steps=1, rft_steps=1, shown=2),
-    "cpu": dict(train_problems=512, eval_problems=200, steps=12, prompts_per_step=2, group_size=8, max_new_tokens=40,
+                  pass_k_samples=4, ablation_steps=1, ablation_beta=0.1, rft_steps=1, shown=2),
+    "cpu": dict(train_problems=512, eval_problems=64, steps=10, prompts_per_step=2, group_size=8, max_new_tokens=40,
                 temperature=0.5, top_p=None, lr=1e-3, warmup=1, inner_updates=1, beta=0.0, epsilon=0.2,
                 epsilon_high=None, aggregation="grpo", scale=True, rank=8, alpha=16, pass_k_problems=16,
-                pass_k_samples=8, ablation_steps=4, rft_steps=4, shown=4),
+                pass_k_samples=8, ablation_steps=3, ablation_beta=0.1, rft_steps=4, shown=4),
     "long": dict(train_problems=2048, eval_problems=200, steps=150, prompts_per_step=2, group_size=8,
                  max_new_tokens=48, temperature=0.5, top_p=None, lr=1e-3, warmup=5, inner_updates=1, beta=0.0,
                  epsilon=0.2, epsilon_high=None, aggregation="grpo", scale=True, rank=8, alpha=16,
-                 pass_k_problems=50, pass_k_samples=16, ablation_steps=0, rft_steps=0, shown=8),
+                 pass_k_problems=50, pass_k_samples=16, ablation_steps=0, ablation_beta=0.1, rft_steps=0, shown=8),
     "gpu": dict(train_problems=8192, eval_problems=500, steps=300, prompts_per_step=16, group_size=16,
                 max_new_tokens=64, temperature=0.5, top_p=None, lr=5e-4, warmup=10, inner_updates=2, beta=0.0,
                 epsilon=0.2, epsilon_high=0.28, aggregation="grpo", scale=True, rank=16, alpha=32,
-                pass_k_problems=100, pass_k_samples=32, ablation_steps=100, rft_steps=100, shown=8),
+                pass_k_problems=100, pass_k_samples=32, ablation_steps=100, ablation_beta=0.04, rft_steps=100, shown=8),
 }
 
 
@@ -366,7 +365,9 @@ def train_grpo(model, tokenizer, problems: list[Problem], p: dict, on_step=None,
     """GRPO on a LoRA-wrapped policy, in place. Each step: sample a group per prompt (no gradient), score it,
     advantages within groups, then p["inner_updates"] optimizer steps on the clipped loss (the old log-probs are
     the sampling policy's). overrides: any preset key (beta, scale, group_size, aggregation, steps, lr, ...).
-    reward_fn(reply, answer) -> float. Returns one dict of metrics per step."""
+    reward_fn(reply, answer) -> float. schedule_steps (an override; default steps): the run the learning-rate
+    schedule is laid out for, so that an ablation can repeat the first steps of a longer run with its learning
+    rates. Returns one dict of metrics per step."""
     from .train import configure_optimizer, lr_at
 
     p = {**p, **overrides}
@@ -387,7 +388,7 @@ def train_grpo(model, tokenizer, problems: list[Problem], p: dict, on_step=None,
     order, rng, cursor, log = list(range(len(problems))), random.Random(seed), len(problems), []
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, p["lr"], p["warmup"], steps, min_lr=p["lr"] / 10)
+            group["lr"] = lr_at(step, p["lr"], p["warmup"], p.get("schedule_steps") or steps, min_lr=p["lr"] / 10)
         if cursor + p["prompts_per_step"] > len(order):
             rng.shuffle(order)
             cursor = 0
@@ -402,21 +403,20 @@ def train_grpo(model, tokenizer, problems: list[Problem], p: dict, on_step=None,
         advantages, zero = group_advantages(scores["reward"], G, scale=p["scale"])
         stats = {"step": step, "reward": scores["reward"].mean().item(), "accuracy": scores["correct"].mean().item(),
                  "format": scores["format"].mean().item(), "zero_variance": zero.float().mean().item(),
-                 "length": r.lengths.float().mean().item(), "kl": 0.0, "clip_fraction": 0.0, "entropy": None,
+                 "length": r.lengths.float().mean().item(), "kl": None, "clip_fraction": 0.0, "entropy": None,
                  "loss": 0.0, "seconds_generation": t1 - t0}
         # Without a KL term a row of advantage 0 adds nothing to the gradient: score only the informative rows
-        # and scale the loss to what the whole batch would give (its normaliser counts every row).
+        # and scale the loss to what the whole batch would give (its normaliser counts every row). The KL
+        # reported is then over those rows; a step whose groups are all zero-variance reports none.
         rows = torch.arange(len(r.texts)) if p["beta"] else (~zero).nonzero()[:, 0]
         if len(rows):
             sub = _subset(r, rows)
             mask = sub.completion_mask.to(device)
             adv = advantages[rows].to(device)
             share = batch_share(p["aggregation"], sub.completion_mask, r.completion_mask)
-            with torch.no_grad():
-                ref = None
-                if p["beta"]:
-                    with adapters_disabled(model):
-                        ref = completion_logprobs(model, sub)
+            with torch.no_grad():   # the reference even when beta = 0: every run reports its KL
+                with adapters_disabled(model):
+                    ref = completion_logprobs(model, sub)
                 old = completion_logprobs(model, sub) if p["inner_updates"] > 1 else None
             model.train()
             for _ in range(p["inner_updates"]):
@@ -438,23 +438,17 @@ def train_grpo(model, tokenizer, problems: list[Problem], p: dict, on_step=None,
 
 
 # ---- the baseline: rejection-sampling fine-tuning ----------------------------------------------------------
-def rejection_sampling_examples(model, tokenizer, problems: list[Problem], p: dict, seed: int = 0) -> tuple[list, dict]:
-    """Sample a group per problem as GRPO does (the same number of samples as train_grpo's run with p), keep the
-    replies that are right and in format, and encode them as chapter 09's SFT examples (labels on the reply).
-    Returns (examples, {"samples", "kept"})."""
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
-    n_prompts = p["steps"] * p["prompts_per_step"]
-    chosen = [problems[i % len(problems)] for i in range(n_prompts)]
+def rejection_sampling_examples(tokenizer, problems: list[Problem], r: Rollouts) -> list[dict]:
+    """The replies in r (sampled for problems, r.group_size each, in order) that are right and in format, as
+    chapter 09's SFT examples (labels on the reply): rejection sampling's training data."""
+    if len(r.texts) != len(problems) * r.group_size:
+        raise ValueError(f"{len(r.texts)} replies for {len(problems)} problems in groups of {r.group_size}")
     examples = []
-    for i in range(0, n_prompts, p["prompts_per_step"]):
-        chunk = chosen[i:i + p["prompts_per_step"]]
-        r = sample(model, tokenizer, [q.messages for q in chunk], p["group_size"], p["max_new_tokens"],
-                   p["temperature"], p["top_p"], generator)
-        for j, text in enumerate(r.texts):
-            q = chunk[j // p["group_size"]]
-            if extract_answer(text) == q.answer and follows_format(text):
-                examples.append(sft.encode_chat(q.messages + [{"role": "assistant", "content": text}], tokenizer))
-    return examples, {"samples": n_prompts * p["group_size"], "kept": len(examples)}
+    for j, text in enumerate(r.texts):
+        q = problems[j // r.group_size]
+        if extract_answer(text) == q.answer and follows_format(text):
+            examples.append(sft.encode_chat(q.messages + [{"role": "assistant", "content": text}], tokenizer))
+    return examples
 
 
 def rejection_sampling_fine_tune(model, tokenizer, examples: list[dict], p: dict, seed: int = 0) -> list[dict]:
@@ -503,7 +497,8 @@ def main(argv=None):
     def on_step(s):
         bar.update(1)
         bar.set_postfix(reward=f"{s['reward']:.2f}", acc=f"{s['accuracy']:.2f}", fmt=f"{s['format']:.2f}",
-                        zero=f"{s['zero_variance']:.2f}", len=f"{s['length']:.0f}")
+                        zero=f"{s['zero_variance']:.2f}", len=f"{s['length']:.0f}",
+                        kl="-" if s["kl"] is None else f"{s['kl']:.4f}")
 
     log = train_grpo(model, tokenizer, train_set, p, on_step=on_step, seed=args.seed)
     bar.close()
