@@ -217,6 +217,24 @@ CASES = {
             "emptied": "test_sequence_logprob",
         },
     },
+    "11_reinforcement_learning": {
+        # Advantages normalised over the whole batch instead of within each prompt's group.
+        "mistake": ("group_advantages", "def group_advantages(rewards, group_size, scale=True):\n"
+                                        "    adv = rewards - rewards.mean()\n"
+                                        "    return adv / (rewards.std() + 1e-4) if scale else adv\n",
+                    {"test_group_advantages"}),
+        "tamper": {
+            "broken": {"k3_kl": "def k3_kl(logps, ref_logps):\n"
+                                "    d = logps - ref_logps\n"
+                                "    return torch.exp(d) - d - 1\n",
+                       "grpo_loss": "def grpo_loss(logps, old_logps, advantages, mask, epsilon=0.2):\n"
+                                    "    ratio = torch.exp(logps - old_logps)\n"
+                                    "    A = advantages[:, None]\n"
+                                    "    return (-torch.min(ratio * A, ratio.clamp(1 - epsilon, 1 + epsilon) * A)).mean()\n"},
+            "deleted": "test_k3_kl",
+            "emptied": "test_grpo_loss",
+        },
+    },
 }
 
 
@@ -227,7 +245,7 @@ WORKERS = available_cpus() + 1
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "LLMSCRATCH_THREADS": "1"}
 # The chapters that also grade a noisy submission (the rule is nbgrader_config's, not a chapter's): two quick ones, and
 # the newest chapter, whose exercises are new to the rule.
-NOISY = {"00_language_models", "03_attention", "10_preference_tuning"}
+NOISY = {"00_language_models", "03_attention", "11_reinforcement_learning"}
 # Chapters whose mistake and tampering are graded apart: with both in one notebook, nothing would be left to pass.
 SEPARATE = {"02_embeddings_and_positions", "03_attention"}
 
