@@ -366,9 +366,7 @@ def train_grpo(model, tokenizer, problems: list[Problem], p: dict, on_step=None,
     """GRPO on a LoRA-wrapped policy, in place. Each step: sample a group per prompt (no gradient), score it,
     advantages within groups, then p["inner_updates"] optimizer steps on the clipped loss (the old log-probs are
     the sampling policy's). overrides: any preset key (beta, scale, group_size, aggregation, steps, lr, ...).
-    reward_fn(reply, answer) -> float. schedule_steps (an override; default steps): the run the learning-rate
-    schedule is laid out for, so that an ablation can repeat the first steps of a longer run with its learning
-    rates. Returns one dict of metrics per step."""
+    reward_fn(reply, answer) -> float. Returns one dict of metrics per step."""
     from .train import configure_optimizer, lr_at
 
     p = {**p, **overrides}
@@ -389,7 +387,7 @@ def train_grpo(model, tokenizer, problems: list[Problem], p: dict, on_step=None,
     order, rng, cursor, log = list(range(len(problems))), random.Random(seed), len(problems), []
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, p["lr"], p["warmup"], p.get("schedule_steps") or steps, min_lr=p["lr"] / 10)
+            group["lr"] = lr_at(step, p["lr"], p["warmup"], steps, min_lr=p["lr"] / 10)
         if cursor + p["prompts_per_step"] > len(order):
             rng.shuffle(order)
             cursor = 0
@@ -439,7 +437,8 @@ def train_grpo(model, tokenizer, problems: list[Problem], p: dict, on_step=None,
 
 
 # ---- the baseline: rejection-sampling fine-tuning ----------------------------------------------------------
-def rejection_sampling_examples(tokenizer, problems: list[Problem], r: Rollouts, require_format: bool = False) -> list[dict]:
+def rejection_sampling_examples(tokenizer, problems: list[Problem], r: Rollouts,
+                                require_format: bool = False) -> list[dict]:
     """The replies in r (sampled for problems, r.group_size each, in order) whose answer is right (and, with
     require_format, that follow the format), as chapter 09's SFT examples (labels on the reply): rejection
     sampling's training data."""
