@@ -36,12 +36,14 @@ def test_gpu_check_runs_every_chapter_on_a_cpu(report):
     status, data = report
     rows = {r["model"]: r for r in data["rows"]}
     assert status == 0, [r["error"] for r in rows.values() if r["error"]]
-    assert {r["chapter"] for r in rows.values()} == {"05", "06", "07", "08", "09"}
+    assert {r["chapter"] for r in rows.values()} == {"05", "06", "07", "08", "09", "10", "11"}
     for r in rows.values():
         assert r["error"] is None and r["throughput"] > 0 and r["dtype"] == "fp32", r
         assert r["mfu"] is None and r["peak_memory_gib"] is None   # no peak known, nothing measured on a CPU
-    trained = [r for r in rows.values() if "first_loss" in r["quality"]]
-    assert len(trained) == 6 and all(r["estimated_memory_gib"] > 0 for r in trained)
+    trained = [r for r in rows.values() if "generation" not in r["model"]]
+    assert len(trained) == 8 and all(r["estimated_memory_gib"] > 0 for r in trained)
+    assert {r["unit"] for r in trained if r["chapter"] in ("10", "11")} == {"pairs", "rollouts"}
+    assert 0 <= rows["SmolLM2 + LoRA r16, GRPO (gpu preset)"]["quality"]["accuracy_after"] <= 1
 
 
 def test_gpu_check_builds_the_presets_at_full_size(report):
@@ -162,6 +164,25 @@ def test_every_encoder_gpu_preset_trains_a_step_and_fits_16_gb(name):
     estimate = hardware.estimate_training_memory(model, lambda t: forward(torch.randint(5, vocab, (1, t))), batch, T,
                                                  hardware.autocast_dtype("cuda", T4))
     assert hardware.fits(estimate, T4_BYTES), f"{name} at batch {batch} x {T}: {estimate}"
+
+
+@pytest.mark.parametrize("chapter", ["10 DPO", "11 GRPO"])
+def test_the_preference_and_rl_gpu_presets_fit_16_gb(chapter):
+    """Chapters 10 and 11 tune SmolLM2's LoRA adapters on batches the tiny check shrinks (make gpu-check runs their
+    step at full size there): the memory estimate at the gpu preset's real shape, the largest step it can take."""
+    from llmscratch import preference, rl
+    model, tokenizer = load_smollm2()
+    if chapter == "10 DPO":
+        p = preference.PRESETS["gpu"]
+        rows, T = gpucheck.dpo_step_shape(p, tokenizer, sum(preference.question_splits(p), []))
+    else:
+        p = rl.PRESETS["gpu"]
+        rows, T = gpucheck.grpo_step_shape(p, tokenizer, sum(rl.problem_sets(p["train_problems"], 0), []))
+    apply_lora(model, LORA_TARGETS, p["rank"], p["alpha"])
+    estimate = hardware.estimate_training_memory(model, lm_loss_at(model, model.config.vocab_size), rows, T,
+                                                 hardware.autocast_dtype("cuda", T4))
+    assert hardware.fits(estimate, T4_BYTES), f"{chapter} at {rows} rows x {T} tokens: {estimate}"
+    print(f"\n{chapter}, {rows} rows x {T} tokens: {estimate}")   # shown with `pytest -s`
 
 
 def test_notebook_presets_are_read_as_the_notebook_defines_them():

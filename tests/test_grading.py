@@ -17,14 +17,12 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
-from llmscratch.env import available_cpus
 from llmscratch.llama import smollm2_dir
 from tools.release import ROOT
 
@@ -238,10 +236,9 @@ CASES = {
 }
 
 
-# Chapters are graded in parallel, each kernel on one torch thread: two kernels on two threads each would fight over
-# the cores (5-30x slower). One worker more than the CPUs keeps them busy while a kernel starts or nbgrader writes
-# its database (all 9 chapters on 2 cores: 584 s with 2 workers, 520 s with 3).
-WORKERS = available_cpus() + 1
+# Each chapter is graded where pytest runs its tests (`make test`: one pytest-xdist worker per CPU, each chapter one
+# work unit, tests/conftest.py), its kernels on one torch thread: two kernels on two threads each would fight over
+# the cores (5-30x slower).
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "LLMSCRATCH_THREADS": "1"}
 # The chapters that also grade a noisy submission (the rule is nbgrader_config's, not a chapter's): two quick ones, and
 # the newest chapter, whose exercises are new to the rule.
@@ -355,38 +352,20 @@ def grade_chapter(chapter, course):
     return course / "grading" / "gradebook.db", time.perf_counter() - start
 
 
-# Longest first, so that no slow chapter is left running alone at the end (08-10 load a 135M-parameter model
-# in every submission); the rest in order.
-SLOW_FIRST = ("10_preference_tuning", "09_instruction_tuning", "00_language_models", "08_llama", "07_classification",
-              "06_bert", "05_pretraining")
-
-
-@pytest.fixture(scope="session")
-def gradebooks(request, tmp_path_factory):
-    """The chapters this session tests, graded WORKERS at a time: chapter -> gradebook path."""
-    chapters = {item.callspec.params["graded"] for item in request.session.items
-                if hasattr(item, "callspec") and "graded" in item.callspec.params}
-    chapters = sorted(chapters, key=lambda c: (SLOW_FIRST.index(c) if c in SLOW_FIRST else len(SLOW_FIRST), c))
-    if {"08_llama", "09_instruction_tuning", "10_preference_tuning"} & set(chapters):
-        smollm2_dir()   # convert SmolLM2 once, on every thread, before the one-thread kernels of 08-10 need it
-    with ThreadPoolExecutor(WORKERS) as pool:
-        futures = {c: pool.submit(grade_chapter, c, tmp_path_factory.mktemp(f"course-{c}")) for c in chapters}
-        done = {c: f.result() for c, f in futures.items()}
-    for chapter, (_, seconds) in done.items():
-        print(f"\n{chapter}: submissions generated and autograded in {seconds:.0f} s")  # shown with `pytest -s`
-    return {c: path for c, (path, _) in done.items()}
-
-
 @pytest.fixture(scope="module", params=sorted(CASES))
-def graded(request, gradebooks):
-    """One chapter's grades: (chapter, scores, max score, gradebook)."""
+def graded(request, tmp_path_factory):
+    """One chapter, graded: (chapter, scores, max score, gradebook). The chapter's tests run one after another in one
+    process (pytest orders them by this fixture's parameter; tests/conftest.py keeps them in one work unit)."""
     chapter = request.param
-    gradebook = Gradebook(f"sqlite:///{gradebooks[chapter]}")
+    if chapter in {"08_llama", "09_instruction_tuning", "10_preference_tuning", "11_reinforcement_learning"}:
+        smollm2_dir()   # convert SmolLM2 here, once, before every submission's kernel needs it
+    path, seconds = grade_chapter(chapter, tmp_path_factory.mktemp(f"course-{chapter}"))
+    gradebook = Gradebook(f"sqlite:///{path}")
     names = ("solution", "untouched", "tampered") + (("mistake",) if chapter in SEPARATE else ()) + \
         (("noisy",) if chapter in NOISY else ())
     scores = {name: gradebook.find_submission(chapter, name).score for name in names}
     max_score = gradebook.find_assignment(chapter).max_score
-    print(f"\n{chapter}: scores out of {max_score}: {scores}")  # shown with `pytest -s`
+    print(f"\n{chapter}: graded in {seconds:.0f} s; scores out of {max_score}: {scores}")  # shown with `pytest -s`
     yield chapter, scores, max_score, gradebook
     gradebook.close()
 
@@ -396,12 +375,12 @@ def failed_tests(gradebook, chapter, student):
     return {g.name for g in notebook.grades if g.max_score > 0 and g.score < g.max_score}
 
 
-def test_feedback_shows_no_hidden_test(graded, gradebooks):
+def test_feedback_shows_no_hidden_test(graded):
     """Every student's feedback, searched for every line of hidden-test code (messages excepted): none is there,
     although the tampered and mistaken submissions fail hidden tests (tools/grading.py; tests/test_instructor.py
     shows that the search finds hidden code where it is)."""
-    chapter = graded[0]
-    course = gradebooks[chapter].parents[1]
+    chapter, gradebook = graded[0], graded[3]
+    course = Path(gradebook.engine.url.database).parents[1]
     hidden = hidden_code(course / "solutions" / chapter / f"{chapter}.ipynb",
                          course / "notebooks" / chapter / f"{chapter}.ipynb")
     feedback = sorted((course / "grading" / "feedback").glob(f"*/{chapter}/{chapter}.html"))

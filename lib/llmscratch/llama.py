@@ -278,7 +278,12 @@ def smollm2_dir(gguf: Path | None = None) -> Path:
     sha = _sha256_once(str(gguf.resolve()), stat.st_size, stat.st_mtime_ns)
     folder = cache_dir() / f"smollm2-135m-instruct-{sha[:16]}"
     if not (folder / "model.safetensors").exists():
-        _convert_gguf(gguf, folder, sha)
+        from filelock import FileLock   # installed with transformers, which the conversion needs
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(folder.with_name(f"{folder.name}.lock")):   # two kernels or test workers at once: one converts
+            if not (folder / "model.safetensors").exists():
+                _convert_gguf(gguf, folder, sha)
     return folder
 
 

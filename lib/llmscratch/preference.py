@@ -31,7 +31,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import sft
-from .chat import SMOLLM2_SYSTEM, apply_chat_template
 from .lora import adapters_disabled, lora_layers
 from .sft import IGNORE_INDEX, TOPICS
 
@@ -63,8 +62,7 @@ def greedy_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     length go through generate() together, which needs no padding (the tests compare with sft.reply)."""
     device = next(model.parameters()).device
     _, end = sft.template_ids(tokenizer)
-    ids = [tokenizer.encode(apply_chat_template(m, add_generation_prompt=True, default_system=SMOLLM2_SYSTEM),
-                            add_special_tokens=False) for m in prompts]
+    ids = [sft.prompt_ids(tokenizer, m) for m in prompts]
     by_length = {}
     for i, row in enumerate(ids):
         by_length.setdefault(len(row), []).append(i)

@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 
 from . import sft
-from .chat import SMOLLM2_SYSTEM, apply_chat_template
 from .hardware import keep_freed_memory
 from .lora import adapters_disabled, lora_layers
 
@@ -170,9 +169,7 @@ def sample(model, tokenizer, prompts: list[list[dict]], group_size: int = 1, max
     prompts left-padded with an attention mask, each row stopping at its own <|im_end|>. temperature 0: greedy."""
     device = next(model.parameters()).device
     _, end = sft.template_ids(tokenizer)
-    rows = [tokenizer.encode(apply_chat_template(m, add_generation_prompt=True, default_system=SMOLLM2_SYSTEM),
-                             add_special_tokens=False) for m in prompts]
-    ids, mask = left_pad(rows, end)                                                      # (prompts, P)
+    ids, mask = left_pad([sft.prompt_ids(tokenizer, m) for m in prompts], end)          # (prompts, P)
     out = model.generate(ids.to(device), max_new_tokens, temperature=temperature, top_p=top_p, eos_token_id=end,
                          generator=generator, attention_mask=mask.to(device), num_samples=group_size)
     ids, mask = ids.repeat_interleave(group_size, 0).to(device), mask.repeat_interleave(group_size, 0).to(device)
@@ -322,22 +319,24 @@ def pass_at_k_curve(model, tokenizer, problems: list[Problem], n: int, ks, max_n
 # (tens of minutes; at lr 1e-3 a run of this length drifted into replies cut at the maximum length, at 5e-4 it did
 # not). gpu: more prompts, bigger groups, longer replies. A step samples prompts_per_step prompts x
 # group_size completions, then makes inner_updates optimizer steps on them (1: on-policy, old = the policy itself).
+# micro_batch: rows per forward and backward of an update (None: all at once); the gpu preset's 256 rollouts at once
+# would need about 33 GiB (llmscratch.gpucheck's estimate), 64 at a time fit a 16 GB card.
 PRESETS = {
     "quick": dict(train_problems=16, eval_problems=8, steps=2, prompts_per_step=2, group_size=4, max_new_tokens=12,
                   temperature=0.5, top_p=None, lr=1e-3, warmup=0, inner_updates=1, beta=0.0, epsilon=0.2,
-                  epsilon_high=None, aggregation="grpo", scale=True, rank=8, alpha=16, pass_k_problems=4,
-                  pass_k_samples=4, rft_steps=1, shown=2),
+                  epsilon_high=None, aggregation="grpo", scale=True, rank=8, alpha=16, micro_batch=None,
+                  pass_k_problems=4, pass_k_samples=4, rft_steps=1, shown=2),
     "cpu": dict(train_problems=512, eval_problems=40, steps=8, prompts_per_step=4, group_size=4, max_new_tokens=32,
                 temperature=0.5, top_p=None, lr=1e-3, warmup=1, inner_updates=1, beta=0.0, epsilon=0.2,
-                epsilon_high=None, aggregation="grpo", scale=True, rank=8, alpha=16, pass_k_problems=6,
-                pass_k_samples=8, rft_steps=2, shown=4),
+                epsilon_high=None, aggregation="grpo", scale=True, rank=8, alpha=16, micro_batch=None,
+                pass_k_problems=6, pass_k_samples=8, rft_steps=2, shown=4),
     "long": dict(train_problems=2048, eval_problems=200, steps=60, prompts_per_step=2, group_size=8,
                  max_new_tokens=48, temperature=0.5, top_p=None, lr=5e-4, warmup=3, inner_updates=1, beta=0.0,
                  epsilon=0.2, epsilon_high=None, aggregation="grpo", scale=True, rank=8, alpha=16,
-                 pass_k_problems=50, pass_k_samples=16, rft_steps=0, shown=8),
+                 micro_batch=None, pass_k_problems=50, pass_k_samples=16, rft_steps=0, shown=8),
     "gpu": dict(train_problems=8192, eval_problems=500, steps=300, prompts_per_step=16, group_size=16,
                 max_new_tokens=64, temperature=0.5, top_p=None, lr=5e-4, warmup=10, inner_updates=2, beta=0.0,
-                epsilon=0.2, epsilon_high=0.28, aggregation="grpo", scale=True, rank=16, alpha=32,
+                epsilon=0.2, epsilon_high=0.28, aggregation="grpo", scale=True, rank=16, alpha=32, micro_batch=64,
                 pass_k_problems=100, pass_k_samples=32, rft_steps=100, shown=8),
 }
 
@@ -409,25 +408,34 @@ def train_grpo(model, tokenizer, problems: list[Problem], p: dict, on_step=None,
         # reported is then over those rows; a step whose groups are all zero-variance reports none.
         rows = torch.arange(len(r.texts)) if p["beta"] else (~zero).nonzero()[:, 0]
         if len(rows):
-            sub = _subset(r, rows)
-            mask = sub.completion_mask.to(device)
-            adv = advantages[rows].to(device)
-            share = batch_share(p["aggregation"], sub.completion_mask, r.completion_mask)
+            # micro_batch rows per forward and backward (the gradients add up to the whole batch's): the same
+            # update, in the memory of fewer rows.
+            split = rows.split(p["micro_batch"] or len(rows))
+            chunks = [_subset(r, c) for c in split]
             with torch.no_grad():   # the reference even when beta = 0: every run reports its KL
                 with adapters_disabled(model):
-                    ref = completion_logprobs(model, sub)
-                old = completion_logprobs(model, sub) if p["inner_updates"] > 1 else None
+                    refs = [completion_logprobs(model, c) for c in chunks]
+                olds = [completion_logprobs(model, c) for c in chunks] if p["inner_updates"] > 1 else None
             model.train()
             for _ in range(p["inner_updates"]):
-                logps, entropy = completion_logprobs(model, sub, entropy=True)
-                out = grpo_loss(logps, logps.detach() if old is None else old, adv, mask, ref, p["beta"], p["epsilon"],
-                                p["epsilon_high"], p["aggregation"], p["max_new_tokens"])
                 optimizer.zero_grad(set_to_none=True)
-                (out["loss"] * share).backward()
+                parts = []
+                for k, c in enumerate(chunks):
+                    mask = c.completion_mask.to(device)
+                    logps, entropy = completion_logprobs(model, c, entropy=True)
+                    out = grpo_loss(logps, logps.detach() if olds is None else olds[k], advantages[split[k]].to(device),
+                                    mask, refs[k], p["beta"], p["epsilon"], p["epsilon_high"], p["aggregation"],
+                                    p["max_new_tokens"])
+                    share = batch_share(p["aggregation"], c.completion_mask, r.completion_mask)
+                    (out["loss"] * share).backward()
+                    parts.append((out, share, mask.sum().item(), masked_mean(entropy, mask).item()))
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()
-            stats.update(loss=out["loss"].item() * share, kl=out["kl"], clip_fraction=out["clip_fraction"],
-                         entropy=masked_mean(entropy, mask).item())
+            tokens = sum(n for *_, n, _ in parts)   # the KL, clipping and entropy: means over the scored tokens
+            stats.update(loss=sum(o["loss"].item() * s for o, s, *_ in parts),
+                         kl=sum(o["kl"] * n for o, _, n, _ in parts) / tokens,
+                         clip_fraction=sum(o["clip_fraction"] * n for o, _, n, _ in parts) / tokens,
+                         entropy=sum(e * n for *_, n, e in parts) / tokens)
         stats["seconds_update"] = time.perf_counter() - t1
         log.append(stats)
         if on_step:

@@ -220,12 +220,17 @@ def greedy_exact_match(model, tokenizer, prompts: list[list[dict]], answers: lis
     return out
 
 
+def prompt_ids(tokenizer, messages) -> list[int]:
+    """The conversation's token ids in the chat template, ending where the assistant's reply begins."""
+    text = apply_chat_template(messages, add_generation_prompt=True, default_system=SMOLLM2_SYSTEM)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
 @torch.no_grad()
 def reply(model, tokenizer, messages, max_new_tokens: int = 32, temperature: float = 0.0, generator=None) -> str:
     """The model's next assistant turn (greedy by default), without the special tokens."""
     device = next(model.parameters()).device
-    text = apply_chat_template(messages, add_generation_prompt=True, default_system=SMOLLM2_SYSTEM)
-    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)], device=device)
+    ids = torch.tensor([prompt_ids(tokenizer, messages)], device=device)
     _, end = template_ids(tokenizer)
     out = model.generate(ids, max_new_tokens, temperature=temperature, eos_token_id=end, generator=generator)
     return tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True).strip()
