@@ -3,6 +3,7 @@ TRL's formula, left-padded batched generation against one prompt at a time and a
 completion log-probs against a plain forward, pass@k against brute-force enumeration, the rewards on tricky
 replies, the Wilson interval against scipy, and the command line."""
 
+import copy
 import itertools
 import json
 import math
@@ -322,11 +323,11 @@ def test_train_grpo_needs_lora_and_a_group(smollm2):
         rl.train_grpo(model, tokenizer, train, rl.PRESETS["quick"])
 
 
-@pytest.mark.parametrize("aggregation, beta", [("grpo", 0.0), ("dapo", 0.04)])
-def test_micro_batches_make_the_update_of_the_whole_batch(aggregation, beta, monkeypatch):
+def test_micro_batches_make_the_update_of_the_whole_batch(monkeypatch, smollm2):
     """An update in micro-batches of one rollout (gradients added up) has the gradients of the whole batch at once
     (each inner update's, recorded by plain SGD without clipping: AdamW would hide a wrong scale) and reports the
-    same loss and KL, for a row-normalised and a token-normalised loss."""
+    same loss and KL. DAPO's loss, normalised by the batch's tokens, with a KL term: every micro-batch has its own
+    share of the tokens, and rows of advantage 0 are scored too."""
     import llmscratch.train
     grads = []
 
@@ -339,10 +340,10 @@ def test_micro_batches_make_the_update_of_the_whole_batch(aggregation, beta, mon
         [q for q in model.parameters() if q.requires_grad], lr=lr))
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *args, **kwargs: None)
     train, _ = rl.problem_sets(8, 0)
-    p = dict(rl.PRESETS["quick"], steps=1, temperature=1.0, aggregation=aggregation, beta=beta, inner_updates=2)
+    p = dict(rl.PRESETS["quick"], steps=1, temperature=1.0, aggregation="dapo", beta=0.04, inner_updates=2)
     logs = []
     for micro_batch in (None, 1):
-        model, tokenizer = load_smollm2()
+        model, tokenizer = copy.deepcopy(smollm2[0]), smollm2[1]
         torch.manual_seed(0)   # the same initial adapters
         apply_lora(model, sft.LORA_TARGETS, p["rank"], p["alpha"])
         for layer in lora_layers(model).values():
