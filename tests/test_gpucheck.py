@@ -4,6 +4,8 @@ estimate of llmscratch.hardware (weights, gradients, AdamW's moments, and activa
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,10 +28,14 @@ T4 = (7, 5)                # fp16 autocast there
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    """make gpu-check's command on a CPU, in its own process: its nine models' memory goes back to the system when it
+    ends (a test worker that ran it in-process kept several GiB of it for the rest of the suite)."""
     folder = tmp_path_factory.mktemp("gpu-check")
-    status = gpucheck.main(["--device", "cpu", "--budget", "tiny", "--out", str(folder / "check.json"),
-                            "--work", str(folder / "work")])
-    return status, json.loads((folder / "check.json").read_text())
+    result = subprocess.run([sys.executable, "-m", "llmscratch.gpucheck", "--device", "cpu", "--budget", "tiny",
+                             "--out", str(folder / "check.json"), "--work", str(folder / "work")],
+                            capture_output=True, text=True)
+    assert (folder / "check.json").exists(), result.stderr[-3000:]
+    return result.returncode, json.loads((folder / "check.json").read_text())
 
 
 def test_gpu_check_runs_every_chapter_on_a_cpu(report):

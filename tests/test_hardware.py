@@ -3,6 +3,8 @@ no native bf16), fp16 loss scaling that skips overflowing steps and trains, and 
 gpu preset must fit into 16 GB with (tests/test_gpucheck.py builds and runs each preset)."""
 
 import math
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,21 @@ def test_fits_leaves_room_for_the_cuda_context():
     assert hardware.fits(hardware.MemoryEstimate(2 * gib, 2 * gib, 4 * gib, 4 * gib), 16 * gib)
     assert not hardware.fits(hardware.MemoryEstimate(2 * gib, 2 * gib, 4 * gib, 6 * gib), 16 * gib)
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings: Linux only")
+def test_freed_memory_is_kept_inside_the_block_and_returned_after_it():
+    """train_grpo keeps freed memory for its next steps on a CPU, and only while it runs: a process that went on
+    keeping it grew with every model it loaded later (two test workers ran out of 24 GiB that way)."""
+    def rss():
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    mib = 2**20
+    with hardware.freed_memory_kept() as applied:
+        assert applied
+        x = torch.ones(256 * mib // 4)   # 256 MiB, from the heap now, not from a fresh mapping
+        full = rss()
+        del x
+        kept = rss()
+        assert kept > full - 32 * mib, "freed inside the block: kept for the next step"
+    assert rss() < kept - 200 * mib, "after the block: handed back"

@@ -9,6 +9,7 @@ where bf16 is only emulated, as on Colab's free Tesla T4):
     no CUDA (CPU, MPS)                                   fp32
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -124,23 +125,43 @@ def fits(estimate: MemoryEstimate, memory_bytes: int, reserve: int = 2**30, head
     return estimate.total <= headroom * (memory_bytes - reserve)
 
 
-def keep_freed_memory() -> bool:
+@contextlib.contextmanager
+def freed_memory_kept():
     """On Linux (glibc), keep memory that PyTorch frees for its next allocations instead of handing it back to the
-    system. A training step whose shapes change every time (RL: new completion lengths each step) otherwise asks
-    the kernel for fresh pages every step, and filling them with zeros (page faults) took longer than the forward
-    pass itself on a 2-core CPU: measured 6-16 s against 3.3 s for the same step once memory is kept. Costs
-    resident memory up to the largest step's. Returns whether it applied (False elsewhere: nothing to do)."""
+    system, inside the block. A training step whose shapes change every time (RL: new completion lengths each step)
+    otherwise asks the kernel for fresh pages every step, and filling them with zeros (page faults) took longer than
+    the forward pass itself on a 2-core CPU: measured 6-16 s against 3.3 s for the same step once memory is kept.
+    Costs resident memory up to the largest step's, until the block ends: then glibc's defaults come back and the
+    kept memory is returned (a process that went on keeping it grew by every model it loaded later). Yields whether
+    it applied (False elsewhere: nothing to do)."""
+    libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)   # big tensors from the heap, not fresh mmaps
+    ok &= libc.mallopt(M_TRIM_THRESHOLD, 1 << 32)  # and the heap never trimmed back
+    ok &= libc.mallopt(M_TOP_PAD, 1 << 28)
+    try:
+        yield bool(ok)
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)   # glibc's defaults
+        libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+        libc.mallopt(M_TOP_PAD, 0)
+        libc.malloc_trim(0)
+
+
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3   # mallopt's parameters (malloc.h)
+
+
+def _glibc():
     import ctypes
     import sys
 
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-    except OSError:   # musl (Alpine) or no glibc
-        return False
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-    ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)   # big tensors from the heap, not fresh mmaps
-    ok &= libc.mallopt(M_TRIM_THRESHOLD, 1 << 32)  # and the heap never trimmed back
-    ok &= libc.mallopt(M_TOP_PAD, 1 << 28)
-    return bool(ok)
+        libc.malloc_trim   # glibc's, not musl's
+        return libc
+    except (OSError, AttributeError):   # musl (Alpine) or no glibc
+        return None
