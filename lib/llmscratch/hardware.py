@@ -125,6 +125,9 @@ def fits(estimate: MemoryEstimate, memory_bytes: int, reserve: int = 2**30, head
     return estimate.total <= headroom * (memory_bytes - reserve)
 
 
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3   # mallopt's parameters (malloc.h)
+
+
 @contextlib.contextmanager
 def freed_memory_kept():
     """On Linux (glibc), keep memory that PyTorch frees for its next allocations instead of handing it back to the
@@ -148,9 +151,6 @@ def freed_memory_kept():
         libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
         libc.mallopt(M_TOP_PAD, 0)
         libc.malloc_trim(0)
-
-
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3   # mallopt's parameters (malloc.h)
 
 
 def _glibc():

@@ -361,6 +361,38 @@ def batch_share(aggregation: str, kept_mask: torch.Tensor, full_mask: torch.Tens
     return kept_mask.shape[0] / full_mask.shape[0]
 
 
+def _update(model, optimizer, trainable, r: Rollouts, rows: torch.Tensor, advantages: torch.Tensor, p: dict) -> dict:
+    """p["inner_updates"] optimizer steps on the given rows of r, p["micro_batch"] rows per forward and backward:
+    the gradients add up to the whole batch's, so the update is the same in the memory of fewer rows. Returns the
+    last step's loss, and its KL, clipped share and entropy as means over the scored tokens."""
+    device = next(model.parameters()).device
+    split = rows.split(p["micro_batch"] or len(rows))
+    chunks = [_subset(r, c) for c in split]
+    with torch.no_grad():   # the reference even when beta = 0: every run reports its KL
+        with adapters_disabled(model):
+            refs = [completion_logprobs(model, c) for c in chunks]
+        olds = [completion_logprobs(model, c) for c in chunks] if p["inner_updates"] > 1 else None
+    model.train()
+    for _ in range(p["inner_updates"]):
+        optimizer.zero_grad(set_to_none=True)
+        loss = kl = clipped = entropy_sum = tokens = 0.0
+        for k, c in enumerate(chunks):
+            mask = c.completion_mask.to(device)
+            logps, entropy = completion_logprobs(model, c, entropy=True)
+            old = logps.detach() if olds is None else olds[k]
+            out = grpo_loss(logps, old, advantages[split[k]].to(device), mask, refs[k], p["beta"], p["epsilon"],
+                            p["epsilon_high"], p["aggregation"], p["max_new_tokens"])
+            share = batch_share(p["aggregation"], c.completion_mask, r.completion_mask)
+            (out["loss"] * share).backward()
+            n = mask.sum().item()
+            loss += out["loss"].item() * share
+            kl, clipped = kl + out["kl"] * n, clipped + out["clip_fraction"] * n
+            entropy_sum, tokens = entropy_sum + masked_mean(entropy, mask).item() * n, tokens + n
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+    return {"loss": loss, "kl": kl / tokens, "clip_fraction": clipped / tokens, "entropy": entropy_sum / tokens}
+
+
 def train_grpo(model, tokenizer, problems: list[Problem], p: dict, on_step=None, seed: int = 0, reward_fn=reward,
                **overrides) -> list[dict]:
     """GRPO on a LoRA-wrapped policy, in place. Each step: sample a group per prompt (no gradient), score it,
@@ -410,34 +442,7 @@ def train_grpo(model, tokenizer, problems: list[Problem], p: dict, on_step=None,
             # reported is then over those rows; a step whose groups are all zero-variance reports none.
             rows = torch.arange(len(r.texts)) if p["beta"] else (~zero).nonzero()[:, 0]
             if len(rows):
-                # micro_batch rows per forward and backward (the gradients add up to the whole batch's): the same
-                # update, in the memory of fewer rows.
-                split = rows.split(p["micro_batch"] or len(rows))
-                chunks = [_subset(r, c) for c in split]
-                with torch.no_grad():   # the reference even when beta = 0: every run reports its KL
-                    with adapters_disabled(model):
-                        refs = [completion_logprobs(model, c) for c in chunks]
-                    olds = [completion_logprobs(model, c) for c in chunks] if p["inner_updates"] > 1 else None
-                model.train()
-                for _ in range(p["inner_updates"]):
-                    optimizer.zero_grad(set_to_none=True)
-                    parts = []
-                    for k, c in enumerate(chunks):
-                        mask = c.completion_mask.to(device)
-                        logps, entropy = completion_logprobs(model, c, entropy=True)
-                        old = logps.detach() if olds is None else olds[k]
-                        out = grpo_loss(logps, old, advantages[split[k]].to(device), mask, refs[k], p["beta"],
-                                        p["epsilon"], p["epsilon_high"], p["aggregation"], p["max_new_tokens"])
-                        share = batch_share(p["aggregation"], c.completion_mask, r.completion_mask)
-                        (out["loss"] * share).backward()
-                        parts.append((out, share, mask.sum().item(), masked_mean(entropy, mask).item()))
-                    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                    optimizer.step()
-                tokens = sum(n for *_, n, _ in parts)   # the KL, clipping and entropy: means over the scored tokens
-                stats.update(loss=sum(o["loss"].item() * s for o, s, *_ in parts),
-                             kl=sum(o["kl"] * n for o, _, n, _ in parts) / tokens,
-                             clip_fraction=sum(o["clip_fraction"] * n for o, _, n, _ in parts) / tokens,
-                             entropy=sum(e * n for *_, n, e in parts) / tokens)
+                stats.update(_update(model, optimizer, trainable, r, rows, advantages, p))
             stats["seconds_update"] = time.perf_counter() - t1
             log.append(stats)
             if on_step:
