@@ -37,11 +37,11 @@ LAB = $(BIN)/jupyter lab --no-browser --ip=$(IP) --port=$(PORT) --ServerApp.root
 lab: $(VENV_STAMP)
 	JUPYTER_CONFIG_PATH=$(CURDIR)/tools/jupyter-student $(LAB)
 
-# One pytest-xdist worker per CPU, one torch thread each; a notebook, one chapter's grading or the tests that share a
-# fixture stay in one worker, the longest first (tests/conftest.py). TEST_WORKERS=0 runs everything in this process.
+# One pytest-xdist worker per CPU, one torch thread each; each file (a notebook, a test module) and each chapter's
+# grading runs in one worker, the longest first (tests/conftest.py). TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= auto
 test: $(VENV_STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 # GPU_CHECK_ARGS="--device cpu --budget tiny" runs the same code on a CPU in about a minute.
 GPU_CHECK_ARGS ?=

@@ -1,5 +1,4 @@
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -20,8 +19,6 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = os.environ["LLMSCRATCH_THREADS"] = "1"
 
-import pytest  # noqa: E402
-
 # Work units that take longest go first, so that no long one is left running alone at the end (measured on 2 cores:
 # the grading of chapters 08-11 loads a 135M-parameter model in every submission). Everything else keeps its order.
 SLOW_FIRST = ("tests/test_instructor.py", "grading:10_", "grading:09_", "grading:11_", "grading:08_",
@@ -35,42 +32,30 @@ def pytest_xdist_auto_num_workers(config):
     return available_cpus()
 
 
-def pytest_xdist_make_scheduler(config, log):
-    """pytest-xdist's loadgroup, and a notebook's cells in one unit: the "@group" that xdist appends to a test's id
-    does not reach the controller from nbval's cells."""
-    from xdist.scheduler import LoadGroupScheduling
+def work_unit(nodeid: str) -> str:
+    """The tests that run in one worker, in order: one chapter's grading (they share its graded submissions), or one
+    file (a notebook's cells share its kernel; a test module's tests may share a module-scoped fixture)."""
+    path = nodeid.split("::")[0]
+    if path == "tests/test_grading.py" and nodeid.endswith("]"):   # test_x[chapter]
+        return f"grading:{nodeid.rsplit('[', 1)[1][:-1]}"
+    return path
 
-    class Scheduling(LoadGroupScheduling):
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's loadscope with our work units. (Its loadgroup cannot do this: under pytest 9 the "@group" that
+    it appends to a marked test's id is lost, so every test of a group became a unit of its own, and two workers
+    graded each chapter.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            return nodeid.split("::")[0] if ".ipynb::" in nodeid else super()._split_scope(nodeid)
+            return work_unit(nodeid)
 
     return Scheduling(config, log)
 
 
-def work_unit(item) -> str | None:
-    """The tests that must run in one process, or None for a test that may run anywhere: a notebook's cells share
-    its kernel; one chapter's grading tests share its graded submissions; tests that share a module-scoped fixture
-    share its value."""
-    path = item.nodeid.split("::")[0]
-    callspec = getattr(item, "callspec", None)
-    if callspec is not None and "graded" in callspec.params:
-        return f"grading:{callspec.params['graded']}"
-    if path.endswith(".ipynb"):
-        return path
-    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-    if any(d.scope != "function" and d.baseid for fixture in defs.values() for d in fixture):
-        return path
-    return None
-
-
-@pytest.hookimpl(tryfirst=True)   # before pytest-xdist reads the marks
 def pytest_collection_modifyitems(config, items):
-    units = {item: work_unit(item) for item in items}
-    for item, unit in units.items():
-        if unit is not None:   # xdist appends "@group" to the test's id: no "/" or "." in it
-            item.add_marker(pytest.mark.xdist_group(re.sub(r"\W", "_", unit)))
-
     def rank(item):
-        key = units[item] or item.nodeid
-        return next((i for i, prefix in enumerate(SLOW_FIRST) if key.startswith(prefix)), len(SLOW_FIRST))
+        unit = work_unit(item.nodeid)
+        return next((i for i, prefix in enumerate(SLOW_FIRST) if unit.startswith(prefix)), len(SLOW_FIRST))
     items.sort(key=rank)   # stable: the order within a rank (and so within a unit) is pytest's

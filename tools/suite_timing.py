@@ -35,7 +35,7 @@ def pytest_sessionstart(session):
 
 
 def pytest_runtest_logreport(report):
-    _parts[part_of(report.nodeid.split("@")[0])] += report.duration   # setup, call and teardown alike
+    _parts[part_of(report.nodeid)] += report.duration   # setup, call and teardown alike
 
 
 def pytest_terminal_summary(terminalreporter, config):
