@@ -23,9 +23,12 @@ export PATH := $(abspath $(BIN)):$(PATH)
 $(VENV_STAMP): requirements.txt requirements-nodeps.txt lib/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "llmscratch needs Python 3.11 or newer; run with PYTHON=python3.11 (or newer)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt $(PIP_ARGS)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e lib
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt $(PIP_ARGS)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile --no-deps -r requirements-nodeps.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile --no-deps -e lib
+	@# Byte-compile on every CPU at once (pip does it on one, 44 s of an 84 s install on 2 cores; 20 s this way),
+	@# packages' test folders left out (nothing here imports them; one of torch's needs Python 3.12).
+	$(BIN)/python -m compileall -q -j 0 -x '/tests?/|/testing/_internal/' $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') lib/llmscratch >/dev/null
 	touch $(VENV_STAMP)
 
 # Containers often run as root, which Jupyter refuses unless told.
