@@ -19,12 +19,13 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = os.environ["LLMSCRATCH_THREADS"] = "1"
 
-# Work units that take longest go first, so that no long one is left running alone at the end (measured on 2 cores:
-# the grading of chapters 08-11 loads a 135M-parameter model in every submission). Everything else keeps its order.
-SLOW_FIRST = ("tests/test_instructor.py", "grading:10_", "grading:09_", "grading:11_", "grading:08_",
-              "solutions/10_", "tests/test_gpucheck.py", "tests/test_train.py", "tests/test_preference.py",
-              "grading:07_", "grading:06_", "grading:00_", "grading:05_", "tests/test_rl.py", "solutions/09_",
-              "solutions/11_", "tests/test_sft.py", "tests/test_llama.py", "tests/test_release.py")
+# Work units that take longest go first, so that no long one is left running alone at the end (measured on 2 cores,
+# cold: the SmolLM2 tests, chapter 10's notebook, each chapter's grading). Everything else keeps its order.
+SLOW_FIRST = ("tests/test_instructor.py", "tests/test_gpucheck.py", "tests/test_rl.py", "solutions/10_",
+              "tests/test_preference.py", "tests/test_train.py", "solutions/09_", "tests/test_llama.py",
+              "tests/test_sft.py", "solutions/11_", "grading:09_", "grading:10_", "grading:08_", "grading:11_",
+              "grading:07_", "grading:05_", "solutions/06_", "tests/test_release.py", "grading:03_", "solutions/07_",
+              "tests/test_bert.py")
 
 
 def pytest_xdist_auto_num_workers(config):
