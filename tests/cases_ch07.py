@@ -160,6 +160,12 @@ def head_without_dropout(hidden, attention_mask, classifier, dropout, labels=Non
     return classification_head(hidden, attention_mask, classifier, lambda x: x, labels)
 
 
+def head_without_clamp(hidden, attention_mask, classifier, dropout, labels=None):   # 0 / 0 on a row of padding only
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    logits = classifier(dropout((hidden * m).sum(1) / m.sum(1)))
+    return logits, F.cross_entropy(logits, labels) if labels is not None else None
+
+
 def _step_variant(model, optimizer, batch, labels, lr, grad_clip, groups=None, zero_grad=True,
                   clip=torch.nn.utils.clip_grad_norm_):
     """fine_tune_step with one piece changed (by a mistake): the groups given the lr, zeroing, the clipping."""
@@ -281,6 +287,12 @@ def metrics_argmax_axis0(eval_pred):
             "macro_f1": precision_recall_f1(labels, preds, "macro")[2]}
 
 
+def metrics_macro_precision_recall(eval_pred):   # macro where class 1's were meant
+    logits, labels = eval_pred
+    p, r, _ = precision_recall_f1(labels, np.argmax(logits, -1), "macro")
+    return {**compute_metrics(eval_pred), "precision": p, "recall": r}
+
+
 def metrics_class0(eval_pred):
     logits, labels = eval_pred
     scores = compute_metrics(eval_pred)
@@ -305,6 +317,7 @@ MISTAKES = [
     (c.classification_head, head_softmax_loss, "cross-entropy of probabilities"),
     (c.classification_head, head_returns_probs, "returned probabilities"),
     (c.classification_head, head_without_dropout, "apply the dropout once"),
+    (c.classification_head, head_without_clamp, "clamp the count"),
     (c.fine_tune_step, step_without_zero_grad, "optimizer.zero_grad\\(\\) first"),
     (c.fine_tune_step, step_without_clipping, "not clipped"),
     (c.fine_tune_step, step_in_eval_mode, "training mode"),
@@ -324,6 +337,9 @@ MISTAKES = [
     (c.compute_metrics, metrics_class0, "score of class 0"),
     (c.compute_metrics, lambda ep: {**compute_metrics(ep), "f1": compute_metrics(ep)["macro_f1"]},
      "that is the macro F1"),
+    (c.compute_metrics, metrics_macro_precision_recall, "macro precision"),
+    (c.compute_metrics, lambda ep: {**compute_metrics(ep), "macro_f1": compute_metrics(ep)["f1"]},
+     "that is the F1 of class 1"),
     (c.precision_recall_f1, prf_macro_over_true, "classes of y_true only"),
     (c.precision_recall_f1, prf_without_asarray, "np.asarray"),
     (c.classification_head, head_divides_by_T, "divided by T"),

@@ -148,7 +148,16 @@ def classification_head(fn):
         expect(classifier.weight.grad is not None, f"{what}: no gradient reached the classifier")
         _, no_loss = fn(hidden, mask, classifier, _RecordingDropout(), None)
         expect(no_loss is None, f"{what}: without labels (labels=None) return (logits, None)")
-    return "mean pooling over real tokens, dropout, linear, cross-entropy on logits"
+    # A row of padding only (a batch cut to a length some rows never reach, a blank text): no real token to count.
+    hidden, mask = torch.randn(2, 5, 6, generator=g), torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
+    with seeded(0):
+        classifier = nn.Linear(6, 2)
+    logits, _ = fn(hidden, mask, classifier, _RecordingDropout(), None)
+    expect(torch.isfinite(logits).all(), "classification_head on a row whose attention_mask is all 0 gave "
+           f"{logits[1].tolist()}: 0 real tokens makes 0 / 0 = nan; clamp the count, m.sum(dim=1).clamp(min=1e-9)")
+    expect_tensor(logits, classifier(mean_pool(hidden, mask)), "classification_head with a row of padding only: "
+                  "logits (that row's pooled vector is all 0, its logits the classifier's bias)", atol=1e-4)
+    return "mean pooling over real tokens, dropout, linear, cross-entropy on logits, a row of padding only"
 
 
 # ---- fine_tune_step ---------------------------------------------------------------------------------
@@ -314,5 +323,11 @@ def compute_metrics(fn):
                 elif key in ("precision", "recall", "f1") and abs(
                         g - classification_scores(labels, logits.argmax(-1), pos_label=0)[key]) < 1e-6:
                     hint = ": that is the score of class 0; the positive class is 1"
+                elif key in ("precision", "recall") and abs(
+                        g - reference_prf(labels, logits.argmax(-1), "macro")[key == "recall"]) < 1e-6:
+                    hint = (f": that is the macro {key} (the mean over both classes); precision, recall and f1 are "
+                            "the positive class's (1), average='binary'; only macro_f1 is a mean over the classes")
+                elif key == "macro_f1" and abs(g - expected["f1"]) < 1e-6:
+                    hint = ": that is the F1 of class 1; macro_f1 is the mean of both classes' F1 (average='macro')"
                 raise CheckFailed(f"compute_metrics on {n} examples: {key} = {g:.6f}, expected {value:.6f}{hint}")
     return "accuracy, precision, recall, f1 of class 1, macro_f1"
