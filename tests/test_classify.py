@@ -224,8 +224,11 @@ def test_the_cls_pooler_run_of_the_cpu_preset_leaves_the_majority_class_by_step_
     p = PRESETS["cpu"]
     splits = sentiment_splits(seed=0)
     mlm, tokenizer = load_mlm()
-    rows = lambda part, n: encode_texts(tokenizer, [t for t, _ in part[:n]], p["max_length"])   # noqa: E731
-    labels = lambda part, n: [y for _, y in part[:n]]                                          # noqa: E731
+
+    def take(part, n):   # the preset's first n (the splits are shuffled): encoded rows and their labels
+        texts, labels = zip(*part[:n])
+        return encode_texts(tokenizer, list(texts), p["max_length"]), list(labels)
+
     torch.manual_seed(seed)
     model = BertForSequenceClassification.from_encoder(mlm, pooling="cls", dropout=0.1)
     config = FineTuneConfig(steps=p["steps"], batch_size=p["batch_size"], lr=p["cls_lr"], eval_every=p["eval_every"],
@@ -238,8 +241,8 @@ def test_the_cls_pooler_run_of_the_cpu_preset_leaves_the_majority_class_by_step_
             raise _Stop
 
     with pytest.raises(_Stop):
-        fine_tune(model, rows(splits.train, p["train"]), labels(splits.train, p["train"]),
-                  rows(splits.val, p["val"]), labels(splits.val, p["val"]), config, progress=at_first_evaluation)
+        fine_tune(model, *take(splits.train, p["train"]), *take(splits.val, p["val"]), config,
+                  progress=at_first_evaluation)
     assert first[0]["step"] == p["eval_every"]
     assert first[0]["val_macro_f1"] > 0.45, f"seed {seed}: validation macro F1 {first[0]['val_macro_f1']:.3f} at " \
                                             "step 50: still (nearly) one class for every review"
