@@ -185,3 +185,121 @@ MISTAKES = [
     (check.ch10.reward_accuracy, accuracy_swapped, "swapped"),
     (check.ch10.reward_accuracy, accuracy_count, "a count"),
 ]
+
+
+# ---- the four probes: gradients, the caller's inputs, extreme values, the domain's edges ------------------------
+# Realistic answers that got every value right on ordinary inputs: each must lose marks, and say which probe.
+def logprob_no_grad(logits, labels):
+    with torch.no_grad():                                            # "it is only a score"
+        return sequence_logprob(logits, labels)
+
+
+def logprob_through_item(logits, labels):
+    return torch.tensor([sequence_logprob(logits[b:b + 1], labels[b:b + 1]).item() for b in range(len(logits))])
+
+
+def logprob_fills_labels_in_place(logits, labels):
+    mask = labels[:, 1:] != IGNORE_INDEX
+    labels[labels == IGNORE_INDEX] = 0                              # gather needs valid ids: overwrites the caller's
+    logp = logits[:, :-1].log_softmax(-1).gather(-1, labels[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1)
+
+
+def logprob_log_of_softmax(logits, labels):
+    y = labels[:, 1:]
+    logp = logits[:, :-1].softmax(-1).log().gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * (y != IGNORE_INDEX)).sum(-1)
+
+
+def logprob_naive_logsumexp(logits, labels):
+    z = logits[:, :-1]
+    logp = z - torch.log(torch.exp(z).sum(-1, keepdim=True))
+    y = labels[:, 1:]
+    return (logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (y != IGNORE_INDEX)).sum(-1)
+
+
+def bt_rejected_detached(chosen_rewards, rejected_rewards):
+    return -F.logsigmoid(chosen_rewards - rejected_rewards.detach()).mean()
+
+
+def bt_in_place(chosen_rewards, rejected_rewards):
+    chosen_rewards -= rejected_rewards                              # saves a tensor, changes the caller's
+    return -F.logsigmoid(chosen_rewards).mean()
+
+
+def dpo_rejected_detached(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    return dpo_loss(policy_chosen, policy_rejected.detach(), ref_chosen, ref_rejected, beta)
+
+
+def dpo_rewards_keep_the_graph(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    chosen, rejected = policy_chosen - ref_chosen.detach(), policy_rejected - ref_rejected.detach()
+    return -F.logsigmoid(beta * (chosen - rejected)).mean(), beta * chosen, beta * rejected
+
+
+def dpo_log_of_sigmoid(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    chosen, rejected = policy_chosen - ref_chosen.detach(), policy_rejected - ref_rejected.detach()
+    loss = -torch.log(torch.sigmoid(beta * (chosen - rejected))).mean()
+    return loss, beta * chosen.detach(), beta * rejected.detach()
+
+
+def dpo_ratio_of_probabilities(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    chosen = torch.log(torch.exp(policy_chosen) / torch.exp(ref_chosen.detach()))
+    rejected = torch.log(torch.exp(policy_rejected) / torch.exp(ref_rejected.detach()))
+    return -F.logsigmoid(beta * (chosen - rejected)).mean(), beta * chosen.detach(), beta * rejected.detach()
+
+
+def dpo_margin_in_place(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    chosen, rejected = beta * (policy_chosen - ref_chosen).detach(), beta * (policy_rejected - ref_rejected).detach()
+    ref_chosen -= ref_rejected                                     # the reference margin, in the caller's tensor
+    return -F.logsigmoid(beta * ((policy_chosen - policy_rejected) - ref_chosen)).mean(), chosen, rejected
+
+
+def accuracy_in_place(chosen_rewards, rejected_rewards):
+    chosen_rewards -= rejected_rewards
+    return ((chosen_rewards > 0).float() + 0.5 * (chosen_rewards == 0).float()).mean().item()
+
+
+def accuracy_isclose_ties(chosen_rewards, rejected_rewards):
+    tie = torch.isclose(chosen_rewards, rejected_rewards)
+    return ((chosen_rewards > rejected_rewards) & ~tie).float().add(0.5 * tie.float()).mean().item()
+
+
+# Correct answers written differently: none may lose marks to the probes.
+def bradley_terry_softplus(chosen_rewards, rejected_rewards):
+    return F.softplus(rejected_rewards - chosen_rewards).mean()
+
+
+def dpo_loss_softplus(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    chosen = (policy_chosen - ref_chosen).detach()
+    rejected = (policy_rejected - ref_rejected).detach()
+    margin = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected).detach()
+    return F.softplus(-beta * margin).mean(), beta * chosen, beta * rejected
+
+
+def reward_accuracy_tensor(chosen_rewards, rejected_rewards):
+    return torch.where(chosen_rewards == rejected_rewards, 0.5, (chosen_rewards > rejected_rewards).float()).mean()
+
+
+CORRECT += [
+    (check.ch10.bradley_terry_loss, bradley_terry_softplus),
+    (check.ch10.dpo_loss, dpo_loss_softplus),
+    (check.ch10.reward_accuracy, reward_accuracy_tensor),
+]
+
+PROBED = [
+    (check.ch10.sequence_logprob, logprob_no_grad, "gradient"),
+    (check.ch10.sequence_logprob, logprob_through_item, "gradient"),
+    (check.ch10.sequence_logprob, logprob_fills_labels_in_place, "in place"),
+    (check.ch10.sequence_logprob, logprob_log_of_softmax, "extreme"),
+    (check.ch10.sequence_logprob, logprob_naive_logsumexp, "extreme"),
+    (check.ch10.bradley_terry_loss, bt_rejected_detached, "gradient"),
+    (check.ch10.bradley_terry_loss, bt_in_place, "in place"),
+    (check.ch10.dpo_loss, dpo_rejected_detached, "gradient"),
+    (check.ch10.dpo_loss, dpo_rewards_keep_the_graph, "gradient"),
+    (check.ch10.dpo_loss, dpo_log_of_sigmoid, "extreme"),
+    (check.ch10.dpo_loss, dpo_ratio_of_probabilities, "extreme"),
+    (check.ch10.dpo_loss, dpo_margin_in_place, "in place"),
+    (check.ch10.reward_accuracy, accuracy_in_place, "in place"),
+    (check.ch10.reward_accuracy, accuracy_isclose_ties, "edge"),
+]
+MISTAKES += PROBED

@@ -65,12 +65,16 @@ def grpo_loss(logps, old_logps, advantages, mask, epsilon=0.2):
 
 
 def pass_at_k(n, c, k):
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def pass_at_k_product(n, c, k):
+    if not 1 <= k <= n:
+        raise ValueError("k must be between 1 and n")
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1 - k / i for i in range(n - c + 1, n + 1))
@@ -196,3 +200,103 @@ MISTAKES = [
     (check.ch11.pass_at_k, pass_with_replacement, "with replacement"),
     (check.ch11.pass_at_k, pass_k_times, "k times pass@1"),
 ]
+
+
+# ---- the four probes: gradients, the caller's inputs, extreme values, the domain's edges ------------------------
+# Realistic answers that got every value right on ordinary inputs: each must lose marks, and say which probe.
+def extract_last_number(reply):
+    numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", reply)           # "Answer:" ignored: the last number anywhere
+    if not numbers:
+        return None
+    try:
+        return int(numbers[-1].rstrip(".").replace(",", ""))
+    except ValueError:
+        return None
+
+
+def advantages_in_place(rewards, group_size, scale=True):
+    r = rewards.view(-1, group_size)                                # a view: -= writes into the caller's rewards
+    r -= r.mean(1, keepdim=True)
+    if scale:
+        r /= r.std(1, keepdim=True) + 1e-4
+    return r.reshape(-1)
+
+
+def advantages_zero_branch(rewards, group_size, scale=True):
+    r = rewards.view(-1, group_size)
+    adv = r - r.mean(1, keepdim=True)
+    if scale:
+        std = r.std(1, keepdim=True)
+        adv = torch.where(std > 0, adv / std.clamp(min=1e-12), torch.zeros_like(adv))   # eps only where std is 0
+    return adv.reshape(-1)
+
+
+def kl_policy_detached(logps, ref_logps):
+    d = ref_logps - logps.detach()                                  # "the KL is a penalty, not something to learn"
+    return torch.exp(d) - d - 1
+
+
+def kl_ratio_of_probabilities(logps, ref_logps):
+    ratio = torch.exp(ref_logps) / torch.exp(logps)
+    return ratio - torch.log(ratio) - 1
+
+
+def grpo_ratio_of_probabilities(logps, old_logps, advantages, mask, epsilon=0.2):
+    ratio = torch.exp(logps) / torch.exp(old_logps)
+    A = advantages[:, None]
+    per_token = -torch.min(ratio * A, ratio.clamp(1 - epsilon, 1 + epsilon) * A)
+    m = mask.float()
+    return ((per_token * m).sum(-1) / m.sum(-1)).mean()
+
+
+def grpo_advantages_in_place(logps, old_logps, advantages, mask, epsilon=0.2):
+    A = advantages.unsqueeze_(-1)                                   # in place: the caller's advantages become (N, 1)
+    ratio = torch.exp(logps - old_logps)
+    per_token = -torch.min(ratio * A, ratio.clamp(1 - epsilon, 1 + epsilon) * A)
+    m = mask.float()
+    return ((per_token * m).sum(-1) / m.sum(-1)).mean()
+
+
+def pass_at_k_no_domain(n, c, k):                                   # k > n: "1.0 when fewer than k are wrong"
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1 - k / i for i in range(n - c + 1, n + 1))
+
+
+# Correct answers written differently: none may lose marks to the probes.
+def k3_kl_expm1(logps, ref_logps):
+    d = ref_logps - logps
+    return torch.expm1(d) - d
+
+
+def group_advantages_loop(rewards, group_size, scale=True):
+    out = []
+    for group in rewards.split(group_size):
+        adv = group - group.mean()
+        out.append(adv / (group.std() + 1e-4) if scale else adv)
+    return torch.cat(out)
+
+
+def pass_at_k_exact(n, c, k):
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+CORRECT += [
+    (check.ch11.k3_kl, k3_kl_expm1),
+    (check.ch11.group_advantages, group_advantages_loop),
+    (check.ch11.pass_at_k, pass_at_k_exact),
+]
+
+PROBED = [
+    (check.ch11.extract_answer, extract_last_number, "edge"),
+    (check.ch11.group_advantages, advantages_in_place, "in place"),
+    (check.ch11.group_advantages, advantages_zero_branch, "edge"),
+    (check.ch11.k3_kl, kl_policy_detached, "gradient"),
+    (check.ch11.k3_kl, kl_ratio_of_probabilities, "extreme"),
+    (check.ch11.grpo_loss, grpo_ratio_of_probabilities, "extreme"),
+    (check.ch11.grpo_loss, grpo_advantages_in_place, "in place"),
+    (check.ch11.pass_at_k, pass_at_k_no_domain, "edge"),
+]
+MISTAKES += PROBED

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from .. import preference as pref
 from ..sft import IGNORE_INDEX
-from .core import CheckFailed, close, exercise, expect, expect_tensor
+from .core import (CheckFailed, call_on_originals, close, exercise, expect, expect_gradients, expect_no_gradient,
+                   expect_tensor)
 
 
 def _labelled_batch(seed, B=5, T=12, V=23):
@@ -58,7 +59,20 @@ def sequence_logprob(fn):
                "the result changes with the logits of the prompt's positions: log-probs were summed over the "
                "prompt tokens too. Only positions whose label is not IGNORE_INDEX (the reply and its end) count")
         expect_tensor(got, expected, "log p(reply | prompt) per row", atol=1e-4)
-    return "4 batches of 5 rows, replies of different lengths and places"
+    logits, labels = _labelled_batch(7)
+    leaf, oracle_leaf = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    expect_gradients(fn(leaf, labels.clone()), pref.sequence_logprobs_from_logits(oracle_leaf, labels),
+                     {"logits": (leaf, oracle_leaf)}, weights=torch.linspace(-1, 2, len(labels)))
+    call_on_originals(fn, {"logits": logits, "labels": labels})
+    logits = logits * 25                                   # confident logits: the labels' log-probs reach -100s
+    got = fn(logits.clone(), labels.clone())
+    expect(torch.is_tensor(got) and bool(torch.isfinite(got).all()),
+           f"extreme values: with confident logits (some labels' log-probs near -150) the result holds inf or NaN: "
+           f"{got}. softmax underflows to 0 and log(0) = -inf, or exp() overflows: use log_softmax (or cross_entropy), "
+           "which stays exact")
+    expect_tensor(got, pref.sequence_logprobs_from_logits(logits, labels),
+                  "extreme values: log p(reply | prompt) with confident logits", atol=1e-2, rtol=1e-4)
+    return "4 batches of 5 rows, replies of different lengths and places; gradients, inputs, log-probs near -150"
 
 
 # The typical mistakes' results: per-position scores (B, T', V) picked at the labels (B, T') and summed over them.
@@ -106,11 +120,20 @@ def bradley_terry_loss(fn):
         expect(not close(got, -F.logsigmoid(chosen - rejected).sum()),
                "the per-pair losses were summed; take their mean, so that the loss does not grow with the batch")
         expect_tensor(got, expected, "the Bradley-Terry loss", atol=1e-5)
+    chosen, rejected = torch.randn(16, generator=g), torch.randn(16, generator=g)
+    leaves = [t.clone().requires_grad_() for t in (chosen, rejected)]
+    oracle = [t.clone().requires_grad_() for t in (chosen, rejected)]
+    expect_gradients(fn(*leaves), pref.bradley_terry_loss(*oracle),
+                     {"chosen_rewards": (leaves[0], oracle[0]), "rejected_rewards": (leaves[1], oracle[1])})
+    call_on_originals(fn, {"chosen_rewards": chosen, "rejected_rewards": rejected})
+    tie = fn(chosen.clone(), chosen.clone())
+    expect(torch.is_tensor(tie) and abs(tie.item() - 0.6931472) < 1e-5,
+           f"edge: with every pair tied the loss must be ln 2 = 0.6931 (sigmoid(0) = 1/2), got {tie}")
     big = fn(torch.tensor([0.0, 150.0]), torch.tensor([150.0, 0.0]))
     expect(torch.is_tensor(big) and torch.isfinite(big) and abs(big.item() - 75.0) < 1e-3,
-           f"with reward differences of +-150 the loss must be 75.0, got {big}: log(sigmoid(x)) underflows to "
-           "log(0) = -inf for large negative x. Use F.logsigmoid, which stays exact")
-    return "two reward scales, and differences of +-150 without overflow"
+           f"extreme values: with reward differences of +-150 the loss must be 75.0, got {big}: log(sigmoid(x)) "
+           "underflows to log(0) = -inf for large negative x. Use F.logsigmoid, which stays exact")
+    return "two reward scales, gradients on both sides, inputs, ties, differences of +-150"
 
 
 # ---- DPO -----------------------------------------------------------------------------------------------
@@ -161,18 +184,35 @@ def dpo_loss(fn):
             expect(not close(got_r, exp_r / beta), f"{name}_rewards lack beta: the implicit reward is "
                                                    "beta * (log pi - log pi_ref)")
             expect_tensor(got_r.detach(), exp_r, f"{name}_rewards, beta * (log pi - log pi_ref)", atol=1e-5)
+        expect_no_gradient(chosen_rewards, "chosen_rewards")
+        expect_no_gradient(rejected_rewards, "rejected_rewards")
         loss.backward()
         expect(leaves[2].grad is None and leaves[3].grad is None,
-               "gradients reach the reference log-probs: the reference is a constant, .detach() them (else the "
-               "reference model would be trained too, or its graph kept in memory)")
-        expect(leaves[0].grad is not None and leaves[0].grad.abs().sum() > 0,
-               "no gradient reaches the policy's log-probs: compute the loss from them, not from detached copies")
+               "gradient: gradients reach the reference log-probs: the reference is a constant, .detach() them "
+               "(else the reference model would be trained too, or its graph kept in memory)")
+        leaves = [t.clone().requires_grad_() for t in (pc, pr, rc, rr)]
+        oracle = [t.clone().requires_grad_() if i < 2 else t.clone() for i, t in enumerate((pc, pr, rc, rr))]
+        names = ("policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")
+        expect_gradients(fn(*leaves, beta)[0], pref.dpo_loss(*oracle, beta)["loss"],
+                         {n: (mine, theirs) for n, mine, theirs in zip(names, leaves, oracle)})
+        call_on_originals(fn, dict(zip(names, (pc, pr, rc, rr))), beta=beta)
+    g = torch.Generator().manual_seed(9)                    # long replies: log-probs near -100 to -150, and
+    rc, rr = -100 - 50 * torch.rand(2, 8, generator=g)      # margins of +-200 (beta * margin up to +-100)
+    pc, pr = rc + torch.randn(8, generator=g), rr + torch.randn(8, generator=g)
+    pc[:4], pr[:4] = pc[:4] + 100 * torch.tensor([1.0, -1, 1, -1]), pr[:4] - 100 * torch.tensor([1.0, -1, 1, -1])
+    got = fn(pc.clone(), pr.clone(), rc.clone(), rr.clone(), 0.5)[0]
+    expect(torch.is_tensor(got) and bool(torch.isfinite(got)),
+           f"extreme values: with log-probs near -100 and beta * margin near -100 the loss is {got}: log(sigmoid(x)) "
+           "underflows to log(0) for large negative x, and exp(log-prob) to 0 (a ratio of probabilities is then 0/0). "
+           "Keep everything in log space: differences of log-probs, and F.logsigmoid")
+    expect_tensor(got, pref.dpo_loss(pc, pr, rc, rr, 0.5)["loss"], "extreme values: the DPO loss", atol=1e-3,
+                  rtol=1e-4)
     pc, pr, _, _ = _logps(5)
     start, c0, r0 = fn(pc.clone(), pr.clone(), pc.clone(), pr.clone(), 0.1)
     expect(abs(start.item() - 0.6931472) < 1e-5 and c0.abs().max() == 0 and r0.abs().max() == 0,
            f"with the policy equal to the reference the loss must be ln 2 = 0.6931 and every reward 0; got "
            f"{start.item():.4f}")
-    return "three beta values, gradients, and ln 2 at step 0"
+    return "three beta values, gradients, inputs, log-probs near -150 with large margins, and ln 2 at step 0"
 
 
 # ---- reward accuracy -------------------------------------------------------------------------------------
@@ -191,6 +231,12 @@ def reward_accuracy(fn):
     expect(abs(got - 0.75) > 1e-6, "ties are counted as right (>=): count a tie one half, a coin toss")
     expect(abs(got - 0.4375) > 1e-6, "chosen and rejected are swapped: count the pairs where the chosen reward is higher")
     expect(abs(got - pref.reward_accuracy(c, r)) < 1e-6, f"expected {pref.reward_accuracy(c, r)}, got {got}")
+    call_on_originals(fn, {"chosen_rewards": c, "rejected_rewards": r})
+    near = float(fn(torch.full((4,), 1000.0) + torch.tensor([1e-3, -1e-3, 1e-3, 0.0]), torch.full((4,), 1000.0)))
+    expect(abs(near - 0.625) < 1e-6,
+           f"edge: rewards 1000.001, 999.999, 1000.001 and 1000 against 1000 are 2 wins, 1 loss and 1 tie, accuracy "
+           f"0.625; got {near}. Only an exact tie counts one half: torch.isclose (or a tolerance) turns near-ties of "
+           "a reward model's scores into ties")
     zero = fn(torch.zeros(6), torch.zeros(6))
-    expect(abs(float(zero) - 0.5) < 1e-6, f"all rewards equal (step 0) must give 0.5, got {float(zero)}")
-    return "3 right, 2 wrong, 3 ties; all ties"
+    expect(abs(float(zero) - 0.5) < 1e-6, f"edge: all rewards equal (step 0) must give 0.5, got {float(zero)}")
+    return "3 right, 2 wrong, 3 ties; inputs; near-ties; all ties"

@@ -8,7 +8,7 @@ import math
 import torch
 
 from .. import rl
-from .core import CheckFailed, close, exercise, expect, expect_tensor
+from .core import CheckFailed, call_on_originals, close, exercise, expect, expect_gradients, expect_tensor
 
 # (reply, the number it answers): the tricky ones first
 REPLIES = [
@@ -20,6 +20,8 @@ REPLIES = [
     ("answer:  14", 14),                                             # any case, any spaces
     ("It is 1,000.\nAnswer: 1,000", 1000),                           # a thousands comma
     ("Answer: -3", -3),
+    ("Answer: 12\nI checked it 3 times.", 12),                      # numbers after the answer line
+    ("**Answer:** 15", 15),                                          # markdown bold: no digit after "Answer:"
     ("Answer: twelve", None),                                        # a number in words is no answer
     ("I do not know.", None),                                        # no number at all
     ("Answer: 2.5", None),                                           # a decimal is no whole number
@@ -39,6 +41,11 @@ def extract_answer(fn):
 
 
 def _hint(reply: str) -> str:
+    if "checked it" in reply:
+        return (" (edge: numbers after the answer line; the number after the last \"Answer:\" wins over any later "
+                "number, and only a reply with no \"Answer: <number>\" falls back to its last number)")
+    if "**" in reply:
+        return " (edge: markdown bold, \"**Answer:** 15\": no number right after the colon, so the last number counts)"
     if "Answer: 5" in reply:
         return ": with several \"Answer:\"s the last one counts (the model's final word)"
     if "\nAnswer:" in reply or reply.startswith("Answer: 9"):
@@ -74,6 +81,15 @@ def reward(fn):
 # ---- advantages ------------------------------------------------------------------------------------------
 @exercise("group_advantages", answers=(rl.group_advantages,))
 def group_advantages(fn):
+    near = torch.tensor([1.0, 1.0 + 1e-6, 0.0, 1.0, 2.0, 2.0])     # a group that barely differs, a plain one, a tie
+    got = fn(near.clone(), 2, scale=True)
+    near_expected, _ = rl.group_advantages(near, 2, scale=True)
+    if torch.is_tensor(got) and got.shape == near.shape and bool(torch.isfinite(got).all()) and \
+            torch.allclose(got[2:], near_expected[2:], atol=1e-3):      # right but for the near-tie: say why
+        expect(torch.allclose(got[:2], near_expected[:2], atol=1e-3),
+               f"edge: rewards 1 and 1 + 1e-6 must give advantages of about -+0.005 (a difference of 1e-6 divided by "
+               f"std + eps, eps = 1e-4); got {got[:2]}. Add eps to every group's std: a branch that only helps where "
+               "the std is exactly 0 lets a near-tie explode to -+0.7")
     g = torch.Generator().manual_seed(0)
     for G in (2, 4, 8):
         rewards = torch.randint(0, 3, (4 * G,), generator=g).float() * 0.5
@@ -107,7 +123,9 @@ def group_advantages(fn):
             expect(got[:G].abs().max() < 1e-6, "a group whose rewards are all equal must get advantage 0 for every "
                                                f"completion, got {got[:G].tolist()}")
             expect_tensor(got, expected, f"the advantages (G = {G}, scale = {scale})", atol=1e-4)
-    return "groups of 2, 4 and 8, one all alike, with and without the std"
+    expect_tensor(fn(near.clone(), 2, scale=True), near_expected, "edge: the advantages of a near-tie", atol=1e-3)
+    call_on_originals(fn, {"rewards": torch.tensor([0.0, 1.0, 0.5, 0.5, 1.0, 0.0]), "group_size": 2}, scale=True)
+    return "groups of 2, 4 and 8, one all alike, with and without the std; a near-tie; inputs"
 
 
 # ---- the KL ------------------------------------------------------------------------------------------------
@@ -128,9 +146,21 @@ def k3_kl(fn):
                               "with d = log pi_ref - log pi is never negative")
     expect(bool((got >= -1e-6).all()), "k3 is never negative: exp(d) >= 1 + d for every d")
     expect_tensor(got, rl.k3_kl(logps, ref), "k3 = exp(ref - logp) - (ref - logp) - 1", atol=1e-5)
+    leaf, oracle_leaf = logps.clone().requires_grad_(), logps.clone().requires_grad_()
+    expect_gradients(fn(leaf, ref.clone()), rl.k3_kl(oracle_leaf, ref), {"logps": (leaf, oracle_leaf)},
+                     weights=torch.linspace(-1, 2, logps.numel()).view(logps.shape))
+    call_on_originals(fn, {"logps": logps, "ref_logps": ref})
+    rare = logps - 100 - 20 * torch.rand(logps.shape, generator=g)   # rare tokens: log-probs near -100 to -125
+    rare_ref = rare + torch.randn(logps.shape, generator=g) * 0.5
+    got = fn(rare.clone(), rare_ref.clone())
+    expect(torch.is_tensor(got) and bool(torch.isfinite(got).all()),
+           "extreme values: with log-probs near -100 to -125 (rare tokens) the estimate holds inf or NaN: "
+           "exp(log-prob) underflows to 0 there, so a ratio of probabilities is 0/0. Take exp of the difference "
+           "of the log-probs")
+    expect_tensor(got, rl.k3_kl(rare, rare_ref), "extreme values: k3 on rare tokens", atol=1e-4, rtol=1e-4)
     zero = fn(logps.clone(), logps.clone())
     expect(torch.is_tensor(zero) and zero.abs().max() < 1e-7, "with the policy equal to the reference every k3 is 0")
-    return "54 tokens, and 0 when the policy is the reference"
+    return "54 tokens, gradients, inputs, log-probs near -120, and 0 when the policy is the reference"
 
 
 # ---- the clipped loss ---------------------------------------------------------------------------------------
@@ -194,6 +224,17 @@ def grpo_loss(fn):
         got.backward()
         expect(leaf.grad is not None and leaf.grad[mask == 0].abs().max() == 0,
                "padding positions receive a gradient: mask them out of the loss")
+    logps, old, adv, mask = _rollout(3)
+    leaf, oracle_leaf = logps.clone().requires_grad_(), logps.clone().requires_grad_()
+    expect_gradients(fn(leaf, old.clone(), adv.clone(), mask.clone(), epsilon=0.2),
+                     rl.grpo_loss(oracle_leaf, old, adv, mask, epsilon=0.2)["loss"], {"logps": (leaf, oracle_leaf)})
+    call_on_originals(fn, {"logps": logps, "old_logps": old, "advantages": adv, "mask": mask}, epsilon=0.2)
+    got = fn(logps - 110, old - 110, adv.clone(), mask.clone(), epsilon=0.2)   # rare tokens: log-probs near -110
+    expect(torch.is_tensor(got) and bool(torch.isfinite(got)),
+           f"extreme values: with log-probs near -110 (rare tokens) the loss is {got}: exp(log-prob) underflows to "
+           "0 there, so a ratio of probabilities is 0/0. Compute rho = exp(logps - old_logps)")
+    expect_tensor(got, rl.grpo_loss(logps - 110, old - 110, adv, mask, epsilon=0.2)["loss"],
+                  "extreme values: the GRPO loss on rare tokens", atol=1e-4, rtol=1e-4)
     logps, _, adv, mask = _rollout(5)
     start = logps.clone().requires_grad_()
     on_policy = fn(start, logps.clone(), adv.clone(), mask.clone(), epsilon=0.2)
@@ -204,7 +245,8 @@ def grpo_loss(fn):
     reinforce = -adv[:, None] / mask.sum(-1, keepdim=True) / mask.shape[0] * mask
     expect_tensor(start.grad, reinforce.float(), "the gradient on-policy, -A / (row length) / N at each token",
                   atol=1e-6)
-    return "three clip widths, ratios on both sides of the band, rows of different lengths; the on-policy gradient"
+    return ("three clip widths, ratios on both sides of the band, rows of different lengths; gradients, inputs, "
+            "log-probs near -110; the on-policy gradient")
 
 
 # ---- pass@k -----------------------------------------------------------------------------------------------------
@@ -230,9 +272,17 @@ def pass_at_k(fn):
                                           f"use 1 - C(n-c, k) / C(n, k) = {expected:.4f}")
                     raise CheckFailed(f"pass_at_k({n}, {c}, {k}) should be {expected:.6f} (the fraction of the "
                                       f"C({n}, {k}) subsets with a correct sample), got {got:.6f}")
+    for n, c, k in ((5, 0, 6), (5, 5, 8), (1, 1, 2)):
+        try:
+            got = fn(n, c, k)
+        except ValueError:
+            continue
+        raise CheckFailed(f"edge: pass_at_k({n}, {c}, {k}) returned {got}: k = {k} samples cannot be drawn from "
+                          f"n = {n} without replacement, so pass@{k} is not defined there; raise ValueError (1.0 "
+                          f"for k > n would claim success with c = {c} correct samples)")
     big = float(fn(200, 13, 100))
     expect(math.isfinite(big) and abs(big - (1 - math.comb(187, 100) / math.comb(200, 100))) < 1e-9,
            f"pass_at_k(200, 13, 100) should be {1 - math.comb(187, 100) / math.comb(200, 100):.6f}, got {big}: "
            "with large n compute the ratio of binomials as a product (or with exact integers), not as two floats "
            "that overflow")
-    return "every n <= 6, c, k against enumeration of the subsets; n = 200"
+    return "every n <= 6, c, k against enumeration of the subsets; k > n; n = 200"

@@ -29,6 +29,12 @@ def exercise(title: str, answers=()):
                                   "with your code and run the cell again.") from None
             except CheckFailed as failure:
                 raise CheckFailed(f"{title}: {failure}") from None
+            except RuntimeError as err:
+                if "in-place operation" not in str(err):
+                    raise
+                raise CheckFailed(f"{title}: in place: {str(err).splitlines()[0]} An in-place operation (`x -= y`, "
+                                  "`x[...] = v`, `x.add_()`) on an input: it changes the caller's tensor, and "
+                                  "autograd cannot differentiate through it. Write `x = x - y`") from None
             print(f"ok: {title}" + (f" ({summary})" if summary else ""))
         return run
     return decorate
@@ -151,3 +157,53 @@ def run_refusing(fn, args, oracles: dict, kwargs=None):
     if called:
         raise CheckFailed(called[0])
     return result
+
+
+# ---- the four probes every graded function gets: gradients, the caller's inputs, extreme values, edges ------------
+# Their messages start with the probe's name ("gradient:", "in place:", "extreme values:", "edge:"), so a student
+# knows which kind of mistake was found.
+def call_on_originals(fn, args: dict, **kwargs):
+    """fn(*args.values(), **kwargs) on the caller's own tensors, not copies; fails if any of them came back changed
+    (values or shape). `args` names the positional arguments, for the message. Returns the result."""
+    before = {name: v.detach().clone() for name, v in args.items() if torch.is_tensor(v)}
+    result = fn(*args.values(), **kwargs)
+    for name, old in before.items():
+        now = args[name].detach()
+        if now.shape != old.shape or not torch.equal(now.nan_to_num(), old.nan_to_num()):
+            raise CheckFailed(f"in place: your function changed its argument `{name}`, the caller's tensor (an "
+                              "in-place operation such as `x -= y`, `x[...] = v`, `x.add_()` or `x.unsqueeze_()`, "
+                              "or one on a view of it). The caller still needs it: write `x = x - y`, or work on "
+                              "`x.clone()`")
+    return result
+
+
+def expect_gradients(got, expected, pairs: dict, weights=None):
+    """The gradient of `got` w.r.t. each input equals the oracle's `expected`. pairs: name -> (the leaf given to the
+    student's function, the one given to the oracle). An oracle leaf that does not require grad marks a constant
+    (a reference model's log-probs): the answer's gradient there must be None or zero. `weights` (got's shape)
+    mixes a tensor result into one number, so that every element's gradient counts."""
+    wanted = [n for n, (_, o) in pairs.items() if o.requires_grad]
+    if not (torch.is_tensor(got) and got.requires_grad):
+        raise CheckFailed("gradient: the result carries no gradient, so training through it would change nothing. "
+                          f"It must be differentiable with respect to {', '.join(f'`{n}`' for n in wanted)}: was it "
+                          "computed under torch.no_grad(), or through .detach(), .item(), .tolist() or "
+                          "torch.tensor(...) of numbers?")
+    weights = torch.ones_like(expected) if weights is None else weights
+    mine = torch.autograd.grad((got * weights).sum(), [leaf for leaf, _ in pairs.values()], allow_unused=True)
+    oracle = dict(zip(wanted, torch.autograd.grad((expected * weights).sum(), [pairs[n][1] for n in wanted])))
+    for name, g in zip(pairs, mine):
+        if name not in oracle:
+            expect(g is None or g.abs().max() == 0,
+                   f"gradient: a gradient reaches `{name}`, which is a constant here: .detach() it")
+            continue
+        expect(g is not None and g.abs().max() > 0,
+               f"gradient: no gradient reaches `{name}`: part of the computation was cut from the graph (a "
+               ".detach(), torch.no_grad(), .item() or .tolist() on the way)")
+        expect_tensor(g, oracle[name], f"gradient: d(result)/d `{name}`", atol=1e-5, rtol=1e-4)
+
+
+def expect_no_gradient(value, what: str):
+    """A metric or a logged figure carries no autograd graph (it would keep every activation alive)."""
+    expect(not (torch.is_tensor(value) and value.requires_grad),
+           f"gradient: {what} is a figure to report, yet it carries the autograd graph (requires_grad=True): "
+           ".detach() it, or the whole graph stays in memory with it")
