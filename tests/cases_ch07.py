@@ -119,6 +119,34 @@ def prf_without_asarray(y_true, y_pred, average="binary", pos_label=1):
     return precision_recall_f1(y_true, y_pred, average, pos_label)
 
 
+def prf_macro_is_class_one(y_true, y_pred, average="binary", pos_label=1):
+    return precision_recall_f1(y_true, y_pred, "binary", 1 if average == "macro" else pos_label)
+
+
+def prf_macro_over_both_classes(y_true, y_pred, average="binary", pos_label=1):
+    if average == "binary":
+        return precision_recall_f1(y_true, y_pred, average, pos_label)
+    per_class = [precision_recall_f1(y_true, y_pred, "binary", c) for c in (0, 1)]
+    return tuple(float(np.mean([s[i] for s in per_class])) for i in range(3))
+
+
+def head_summed_loss(hidden, attention_mask, classifier, dropout, labels=None):
+    logits, _ = classification_head(hidden, attention_mask, classifier, dropout)
+    return logits, (F.cross_entropy(logits, labels, reduction="sum") if labels is not None else None)
+
+
+def step_zero_grad_after_backward(model, optimizer, batch, labels, lr, grad_clip=1.0):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    _, loss = model(**batch, labels=labels)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.zero_grad()                                   # "tidy up before the step": erases the gradients
+    optimizer.step()
+    return loss.item()
+
+
 def head_divides_by_T(hidden, attention_mask, classifier, dropout, labels=None):
     m = attention_mask.unsqueeze(-1).to(hidden.dtype)
     logits = classifier(dropout((hidden * m).mean(dim=1)))
@@ -342,7 +370,11 @@ MISTAKES = [
      "that is the F1 of class 1"),
     (c.precision_recall_f1, prf_macro_over_true, "classes of y_true only"),
     (c.precision_recall_f1, prf_without_asarray, "np.asarray"),
+    (c.precision_recall_f1, prf_macro_is_class_one, "scores of class 1 alone"),
+    (c.precision_recall_f1, prf_macro_over_both_classes, "only one occurs"),
     (c.classification_head, head_divides_by_T, "divided by T"),
+    (c.classification_head, head_summed_loss, "reduction='sum'"),
+    (c.fine_tune_step, step_zero_grad_after_backward, "no parameter changed"),
     (c.classification_head, head_without_keepdim, "keepdim=True"),
     (c.classification_head, head_dropout_after, "to the pooled vector, before the classifier"),
     (c.fine_tune_step, step_clips_after, "clipping after it changes nothing"),

@@ -28,6 +28,7 @@ def _cases(seed=7, n=60):
         if i % 3 == 0:
             y_true, y_pred = y_true.tolist(), y_pred.tolist()   # plain lists, as anyone may pass
         yield y_true, y_pred
+    yield np.zeros(5, dtype=int), np.zeros(5, dtype=int)   # one class only: macro averages over the classes present
 
 
 def _triple(got, what):
@@ -56,17 +57,26 @@ def precision_recall_f1(fn):
             if np.allclose(got, expected, atol=1e-9):
                 n += 1
                 continue
+            if isinstance(y_true, list):   # right on arrays, wrong on lists: `y_pred == c` compared a list once
+                as_arrays = _triple(fn(np.asarray(y_true), np.asarray(y_pred), average=average, pos_label=pos_label),
+                                    what)
+                expect(not np.allclose(as_arrays, expected, atol=1e-9),
+                       f"{what}: got {got}, expected {list(expected)}: right for numpy arrays, wrong for plain lists "
+                       "(with a list, y_pred == c is one False, not an array): start with y_true, y_pred = "
+                       "np.asarray(y_true), np.asarray(y_pred)")
             hints = {
                 "scores of the other class: with average='binary', count pos_label as the positive class":
                     reference_prf(y_true, y_pred, "binary", 1 - pos_label) if average == "binary" else None,
                 "micro averaging (pooled counts, which equal the accuracy): macro is the mean of the per-class "
                 "scores": reference_prf(y_true, y_pred, "micro"),
             }
-            if isinstance(y_true, list) and np.allclose(got, 0.0):
-                raise CheckFailed(f"{what}: got {got}, expected {list(expected)}: with plain lists, y_pred == c is "
-                                  "one False, not an array: start with y_true, y_pred = np.asarray(y_true), "
-                                  "np.asarray(y_pred)")
             if average == "macro":
+                classes = np.unique(np.concatenate([np.asarray(y_true), np.asarray(y_pred)]))
+                if len(classes) == 1:
+                    hints["macro averaged over both classes 0 and 1, though only one occurs in y_true and y_pred: "
+                          "average over the classes present, np.unique(np.concatenate([y_true, y_pred])), as "
+                          "scikit-learn does"] = tuple(np.mean([reference_prf(y_true, y_pred, "binary", c)
+                                                                for c in (0, 1)], axis=0))
                 p, r, _ = expected
                 only_true = np.unique(np.asarray(y_true))
                 hints["macro averaged over the classes of y_true only: a class that only the predictions contain "
@@ -74,13 +84,15 @@ def precision_recall_f1(fn):
                     tuple(np.mean([reference_prf(y_true, y_pred, "binary", c) for c in only_true.tolist()], axis=0))
                 hints["macro F1 computed as the F1 of the mean precision and recall: average the per-class F1s "
                       "instead"] = (p, r, 2 * p * r / (p + r) if p + r else 0.0)
+                hints["the scores of class 1 alone: with average='macro', compute each class's precision, recall "
+                      "and F1 and average them over the classes"] = reference_prf(y_true, y_pred, "binary", 1)
             hints["precision and recall swapped: precision divides by what was predicted (TP + FP), recall "
                   "by what is true (TP + FN)"] = (expected[1], expected[0], expected[2])
             for hint, wrong in hints.items():
                 if wrong is not None and np.allclose(got, wrong, atol=1e-9):
                     raise CheckFailed(f"{what}: got {got}, expected {list(expected)}: {hint}")
             raise CheckFailed(f"{what}: got {got}, expected {list(expected)}")
-    return f"{n} cases, both classes as positive, binary and macro, a class never predicted"
+    return f"{n} cases, both classes as positive, binary and macro, a class never predicted, one class only"
 
 
 # ---- classification_head ----------------------------------------------------------------------------
@@ -143,6 +155,9 @@ def classification_head(fn):
         if torch.allclose(loss, double_softmax, atol=1e-5):
             raise CheckFailed(f"{what}: the loss is cross-entropy of probabilities (a softmax was applied before "
                               "F.cross_entropy, which takes logits): the loss barely moves and training crawls")
+        expect(not torch.allclose(loss, F.cross_entropy(expected_logits, labels, reduction="sum"), atol=1e-5),
+               f"{what}: the loss is summed over the batch (reduction='sum'): take the mean, F.cross_entropy's "
+               "default, so that the learning rate does not depend on the batch size")
         expect_tensor(loss, F.cross_entropy(expected_logits, labels), f"{what}: loss", atol=1e-5)
         loss.backward()
         expect(classifier.weight.grad is not None, f"{what}: no gradient reached the classifier")
@@ -226,13 +241,15 @@ def fine_tune_step(fn):
             expected = _step(ours, opt_ours, batch, labels, lr, clip)
             for name, m in variants.items():
                 _step(m, optimizers[name], batch, labels, lr, clip, mistake=name)
+            before = [q.detach().clone() for q in theirs.parameters()]
             got = fn(theirs, opt_theirs, batch, labels, lr, clip)
             expect(isinstance(got, float), f"{what}: return the loss as a Python float (loss.item()), "
                                            f"got {type(got).__name__}")
             expect(abs(got - expected) < 1e-5, f"{what}, step {step + 1}: returned loss {got:.6f}, expected "
                                                f"{expected:.6f}, the loss of this batch before the update: call "
                                                "model(**batch, labels=labels), so that the attention_mask is used")
-            expect(theirs.training, f"{what}: the model must be in training mode (model.train()): dropout on")
+            expect(theirs.training, f"{what}: the model must be in training mode (model.train()), and left in it "
+                                    "(the loop calls this step after step; predict() is what restores modes)")
             diff = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), theirs.parameters()))
             if diff > 1e-5:
                 for name, m in variants.items():
@@ -240,6 +257,9 @@ def fine_tune_step(fn):
                         raise CheckFailed(f"{what}, step {step + 1}: {STEP_MISTAKES[name]}")
                 expect(all(group["lr"] == lr for group in opt_theirs.param_groups),
                        f"{what}: set the learning rate of every parameter group to lr")
+                expect(any(not torch.equal(a, b) for a, b in zip(before, theirs.parameters())),
+                       f"{what}, step {step + 1}: no parameter changed: optimizer.step() is missing, or zero_grad() "
+                       "ran between backward() and step() and erased the gradients (zero them before backward)")
                 raise CheckFailed(f"{what}, step {step + 1}: parameters differ from the reference by up to {diff:.3g}: "
                                   "one optimizer step on this batch's loss, after zero_grad() and with the gradient "
                                   "norm clipped before optimizer.step(), gives other weights")
