@@ -245,7 +245,7 @@ PRESETS = {
     "quick": dict(vocab_size=512, block_size=32, n_layer=2, n_head=4, n_embd=64, batch_size=8, steps=4, lr=1e-3,
                   eval_batches=2, seeds=(0, 1), new_tokens=12),
     "cpu": dict(vocab_size=1024, block_size=64, n_layer=4, n_head=4, n_embd=128, batch_size=16, steps=120, lr=1e-3,
-                eval_batches=8, seeds=(0, 1), new_tokens=48),
+                eval_batches=8, seeds=(0, 1, 2), new_tokens=48),
     "gpu": dict(vocab_size=4096, block_size=256, n_layer=6, n_head=6, n_embd=384, batch_size=64, steps=2000, lr=1e-3,
                 eval_batches=32, seeds=(0, 1, 2), new_tokens=200),
 }
