@@ -14,7 +14,7 @@ initial weights, the order of the batches and, where the chapter draws one, its 
     08  the GPT-2 -> Llama ladder (llmscratch.ladder), every rung            validation loss
     09  python -m llmscratch.sft --preset cpu --method lora --seed S         success on the held-out questions
     10  python -m llmscratch.preference --preset cpu --seed S                held-out pair accuracy, correct topic
-    11  python -m llmscratch.rl --preset cpu --seed S                        accuracy on the unseen problems
+    11  python -m llmscratch.rl --preset cpu --seed S                        accuracy on unseen operands, transfer
 
 Every figure is printed with the run's baseline beside it (the loss before training, the majority class, the model
 before tuning), so a seed that collapses shows. The table is also written as JSON (--json).
@@ -124,7 +124,9 @@ def run_11(seed: int, out: Path, preset: str) -> dict:
     from llmscratch import rl
     r = rl.main(["--preset", preset, "--seed", str(seed), "--out", str(out)])
     return {"accuracy after": r["after"]["accuracy"], "accuracy before": r["before"]["accuracy"],
-            "format after": r["after"]["format"], "format before": r["before"]["format"]}
+            "last number after": r["after"]["last_number"], "format after": r["after"]["format"],
+            "format before": r["before"]["format"], "transfer after": r["transfer_after"]["accuracy"],
+            "transfer before": r["transfer_before"]["accuracy"]}
 
 
 # ---- the driver -------------------------------------------------------------------------------------------------

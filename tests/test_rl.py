@@ -7,6 +7,7 @@ import copy
 import itertools
 import json
 import math
+import re
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -204,19 +205,26 @@ def test_rewards_on_tricky_replies(reply, answer, expected_answer, formatted):
     assert rl.reward(reply, answer) == correct + rl.FORMAT_REWARD * formatted
 
 
-def test_problems_are_seeded_and_the_evaluation_set_is_unseen():
-    train, held = rl.problem_sets(300, 200)
-    assert len(held) == 200 and len({p.question for p in held}) == 200
-    assert not {p.question for p in train} & {p.question for p in held}
-    assert [p.question for p in rl.problem_sets(300, 200)[1]] == [p.question for p in held]
-    for p in train + held:   # the stated answer is the question's
-        if p.kind == "sum":
-            a, b = map(int, p.question[len("What is "):-1].split(" + "))
-            assert p.answer == a + b
-        else:
-            words = p.question.split()
-            assert p.answer == int(words[2]) - int(words[7].rstrip("."))
-    assert {"sum", "left"} == {p.kind for p in train}
+def test_evaluation_problems_share_no_operands_with_training_and_the_transfer_kind_is_never_trained():
+    """Held out in numbers, not only in wording: no (kind, operands) of the evaluation set occurs in training, for
+    any training seed; the transfer kind is never trained on, and its operands are the bare sums' held-out ones."""
+    by_kind = {"sum": lambda a, b: a + b, "left": lambda a, b: a - b, "times": lambda a, b: a * b,
+               "more": lambda a, b: a + b}
+    transfer = rl.transfer_set(120)
+    for seed in (0, 1, 2):
+        train, held = rl.problem_sets(3000, 240, train_seed=seed)
+        trained = {(p.kind, p.operands) for p in train}
+        assert len({(p.kind, p.operands) for p in held}) == len(held) == 240
+        assert not trained & {(p.kind, p.operands) for p in held}
+        assert {p.kind for p in train} == set(rl.TRAINED) and rl.TRANSFER not in rl.TRAINED
+        assert not {("sum", p.operands) for p in transfer} & trained
+        for p in train + held + transfer:   # the stated answer is the question's, computed here independently
+            numbers = tuple(int(x) for x in re.findall(r"\d+", p.question))
+            assert numbers == p.operands and p.answer == by_kind[p.kind](*numbers) and p.answer >= 0
+    assert {p.kind for p in transfer} == {rl.TRANSFER} and len({p.operands for p in transfer}) == 120
+    assert [p.question for p in rl.problem_sets(300, 240)[1]] == [p.question for p in held]   # seeded
+    with pytest.raises(ValueError, match="evaluation operand tuples"):
+        rl.problem_sets(10, 10_000)
 
 
 def test_completion_mask_keeps_the_end_token_and_nothing_after():
@@ -366,6 +374,10 @@ def test_command_line_writes_a_peft_adapter_and_results(tmp_path):
     p = rl.PRESETS["quick"]
     assert saved["after"] == json.loads(json.dumps(results["after"]))   # what was printed is what was saved
     assert saved["before"]["problems"] == p["eval_problems"]
+    assert saved["transfer_before"]["problems"] == saved["transfer_after"]["problems"] == p["transfer_problems"]
+    for r in (saved["before"], saved["after"], saved["transfer_after"]):
+        # extract_answer reads the answer line, else the last number: it is right whenever the line is
+        assert r["answer_line"] <= r["accuracy"] and set(r["by_kind"]) <= {*rl.TRAINED, rl.TRANSFER}
     assert len(saved["log"]) == p["steps"] and saved["beta"] == 0.04
     for s in saved["log"]:
         assert {"reward", "accuracy", "format", "zero_variance", "length", "kl", "clip_fraction", "entropy",
