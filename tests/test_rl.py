@@ -357,7 +357,9 @@ def test_micro_batches_make_the_update_of_the_whole_batch(monkeypatch, smollm2):
         for layer in lora_layers(model).values():
             torch.nn.init.normal_(layer.lora_B.weight, std=0.01)   # B = 0 would leave the KL at 0
         grads.append([])
-        logs.append(rl.train_grpo(model, tokenizer, train, p, micro_batch=micro_batch)[0])
+        # a reward that splits most groups (the parity of the reply's length), whatever the model gets right
+        logs.append(rl.train_grpo(model, tokenizer, train, p, micro_batch=micro_batch,
+                                  reward_fn=lambda reply, answer: float(len(reply) % 2))[0])
     assert logs[0]["zero_variance"] < 1, "every group scored alike: no update to compare"
     whole, micro = grads
     assert len(whole) == len(micro) == 2 and any(g.abs().max() > 0 for g in whole[0])
