@@ -35,17 +35,22 @@ CHAPTERS = ("05", "06", "07", "08", "09", "10", "11")
 
 
 # ---- one run: called in a fresh process (--run CH --seed S), prints {"figure": value, ...} as its last line -------
+def _evaluations(out: Path) -> list[dict]:
+    """The evaluated steps of a python -m llmscratch.pretrain run, from its log."""
+    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "val_loss" in r]
+
+
 def run_05(seed: int, out: Path, preset: str) -> dict:
     from llmscratch import pretrain
     pretrain.main(["--preset", preset, "--seed", str(seed), "--out", str(out)])
-    evals = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "val_loss" in r]
+    evals = _evaluations(out)
     return {"val loss": evals[-1]["val_loss"], "val loss at step 0": evals[0]["val_loss"]}
 
 
 def run_06(seed: int, out: Path, preset: str) -> dict:
     from llmscratch import pretrain
     pretrain.main(["--model", "bert", "--preset", preset, "--seed", str(seed), "--out", str(out)])
-    evals = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "val_loss" in r]
+    evals = _evaluations(out)
     return {"mask accuracy": evals[-1]["val_accuracy"], "most frequent token": evals[-1]["val_unigram_accuracy"],
             "val loss": evals[-1]["val_loss"]}
 

@@ -162,8 +162,17 @@ def extract_answer(reply: str) -> int | None:
     ignores the format but is right still counts as right: format has its own reward). Digits only: "twelve"
     is no answer; "1,000" is 1000; "12." is 12; "3.5" is no whole number."""
     found = ANSWER.findall(reply)
-    if found:
-        return _to_int(found[-1])
+    return _to_int(found[-1]) if found else last_number(reply)
+
+
+def answer_line(reply: str) -> int | None:
+    """The number after the last "Answer:", or None: what a reply answers if only the requested line counts."""
+    found = ANSWER.findall(reply)
+    return _to_int(found[-1]) if found else None
+
+
+def last_number(reply: str) -> int | None:
+    """The reply's last number, or None: what it answers if the format is ignored altogether."""
     numbers = NUMBER.findall(reply)
     return _to_int(numbers[-1].rstrip(".")) if numbers else None
 
@@ -357,10 +366,8 @@ def evaluate(model, tokenizer, problems: list[Problem], max_new_tokens: int = 48
         chunk = problems[k:k + batch_size]
         replies += sample(model, tokenizer, [q.messages for q in chunk], 1, max_new_tokens, temperature=0).texts
     right = [extract_answer(r) == q.answer for r, q in zip(replies, problems)]
-    line = [bool(found) and _to_int(found[-1]) == q.answer for r, q in zip(replies, problems)
-            for found in [ANSWER.findall(r)]]
-    last = [bool(found) and _to_int(found[-1].rstrip(".")) == q.answer for r, q in zip(replies, problems)
-            for found in [NUMBER.findall(r)]]
+    line = [answer_line(r) == q.answer for r, q in zip(replies, problems)]
+    last = [last_number(r) == q.answer for r, q in zip(replies, problems)]
     fmt = sum(follows_format(r) for r in replies)
     n = len(problems)
     kinds = sorted({q.kind for q in problems})
