@@ -122,7 +122,8 @@ def run_10(seed: int, out: Path, preset: str) -> dict:
     r = json.loads((out / "results.json").read_text())
     return {"pair accuracy after": r["after"]["accuracy"], "pair accuracy before": r["before"]["accuracy"],
             "topic correct after": r["after"]["correct"], "topic correct before": r["before"]["correct"],
-            "in format after": r["after"]["format"]}
+            "in format after": r["after"]["format"], "top reply share after": r["after"]["top_reply_share"],
+            "topic choice before": r["before"]["choice_accuracy"], "topic choice after": r["after"]["choice_accuracy"]}
 
 
 def run_11(seed: int, out: Path, preset: str) -> dict:

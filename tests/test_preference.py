@@ -5,7 +5,7 @@ the Bradley-Terry reward model, the pairs and their split, and the command line.
 import copy
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from types import SimpleNamespace
 
 import pytest
@@ -38,7 +38,7 @@ def random_batch(seed, B=6, T=14):
     return per_token, mask, ref
 
 
-def trl_loss(per_token, mask, ref, loss_type, beta, eps):
+def trl_loss(per_token, mask, ref, loss_type, beta, eps, sft_weight=None):
     """TRL 1.16's DPOTrainer._compute_loss on a stand-in model that returns these log-probs: its own code
     computes the loss, the rewards and the metrics; only the Trainer's plumbing is faked."""
     n = per_token.size(0)
@@ -48,7 +48,8 @@ def trl_loss(per_token, mask, ref, loss_type, beta, eps):
         model=SimpleNamespace(training=True), accelerator=SimpleNamespace(
             device="cpu", gather=lambda x: x, gather_for_metrics=lambda x: x),
         aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
-        loss_types=[loss_type], loss_weights=[1.0], beta=beta, label_smoothing=eps, use_weighting=False,
+        loss_types=[loss_type] + ["sft"] * (sft_weight is not None),
+        loss_weights=[1.0] + [sft_weight] * (sft_weight is not None), beta=beta, label_smoothing=eps, use_weighting=False,
         _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1)
     inputs = {"input_ids": torch.zeros(n, mask.size(1), dtype=torch.long), "attention_mask": torch.ones_like(mask),
               "completion_mask": mask, "ref_chosen_logps": ref[:n // 2], "ref_rejected_logps": ref[n // 2:]}
@@ -105,6 +106,25 @@ def test_conservative_dpo_equals_trl_on_each_pair(beta, eps):
         assert out["losses"][i].item() == pytest.approx(theirs.item(), abs=1e-6)
     plain = ours(per_token, mask, ref, "sigmoid", beta, 0.0)["losses"]
     assert not torch.allclose(out["losses"], plain)   # the smoothing does change the loss
+
+
+@pytest.mark.parametrize("weight", [0.5, 1.0])
+def test_dpo_with_the_sft_term_equals_trl_sigmoid_plus_sft(weight):
+    """RPO: TRL's loss_type ["sigmoid", "sft"] with loss_weights [1, w] is the DPO loss plus w times the
+    chosen replies' mean negative log-likelihood per token."""
+    per_token, mask, ref = random_batch(3, B=5)
+    theirs_in = per_token.clone().requires_grad_()
+    theirs, _ = trl_loss(theirs_in, mask, ref, "sigmoid", 0.1, 0.0, sft_weight=weight)
+    theirs.backward()
+    ours_in = per_token.clone().requires_grad_()
+    lp = ours_in.sum(1)
+    tokens = mask[:, 1:].sum(1)
+    loss = ours(ours_in, mask, ref, "sigmoid", 0.1, 0.0)["loss"] + weight * pref.chosen_nll(lp[:5], tokens[:5])
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), theirs.detach(), atol=1e-6, rtol=1e-6)
+    reply = mask[:, 1:].bool()   # the log-probs of reply tokens (elsewhere they are 0 and unused)
+    torch.testing.assert_close(ours_in.grad[reply], theirs_in.grad[reply], atol=1e-7, rtol=1e-6)
+    assert pref.chosen_nll(lp[:5], tokens[:5]) > 0
 
 
 def test_untrained_policy_gives_ln2_zero_rewards_and_half_accuracy():
@@ -310,20 +330,65 @@ def test_greedy_replies_equal_one_prompt_at_a_time(smollm2):
     assert batched == [sft.reply(model, tokenizer, p, max_new_tokens=12) for p in prompts]
 
 
+def test_topic_logprobs_equal_each_reply_scored_alone(smollm2):
+    model, tokenizer = smollm2
+    got = pref.topic_logprobs(model, tokenizer, QUESTIONS[:3] + [("how much do you charge", "money")], batch_size=2)
+    pairs = [pref.Pair(q, t, t, w, "topic") for q, t in QUESTIONS[:3] + [("how much do you charge", "money")]
+             for w in TOPICS]
+    expected = pref.pair_logprobs(model, tokenizer, pairs)[:, 1].view(4, len(TOPICS))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    model.train()
+    pref.topic_logprobs(model, tokenizer, QUESTIONS[:1])
+    assert model.training
+    model.eval()
+
+
 def test_pairs_reject_the_models_own_mistakes_and_split_by_question(smollm2):
     model, tokenizer = smollm2
     splits = sft.conversation_splits()
     questions = sft.topic_questions(splits.test)[:6]
-    pairs = pref.build_pairs(model, tokenizer, questions, max_new_tokens=8)
+    pairs = pref.build_pairs(model, tokenizer, questions, max_new_tokens=8, wrong_per_question=3)
     assert {p.question for p in pairs} == {q for q, _ in questions}
     for p in pairs:
-        assert p.chosen == p.topic and pref.normalise(p.rejected) != p.topic and p.rejected
-        if p.kind == "topic":
-            assert p.rejected in TOPICS
-    assert sum(p.kind == "topic" for p in pairs) == len(questions)   # one wrong topic per question
+        assert pref.normalise(p.chosen) == p.topic and pref.normalise(p.rejected) != p.topic and p.rejected
+        if p.kind == "topic":   # the same spelling on both sides: case and a period tell nothing
+            assert pref.normalise(p.rejected) in TOPICS
+            assert (p.chosen[0].isupper(), p.chosen.endswith(".")) == (p.rejected[0].isupper(), p.rejected.endswith("."))
+    for q, _ in questions:   # three different wrong topics per question
+        wrong = [pref.normalise(p.rejected) for p in pairs if p.question == q and p.kind == "topic"]
+        assert len(wrong) == len(set(wrong)) == 3
+    assert [p.rejected for p in pairs] == [p.rejected for p in pref.build_pairs(model, tokenizer, questions, 8, 3)]
     train, held_out = pref.question_splits({"train_questions": None, "eval_questions": None})
     assert not {q for q, _ in train} & {q for q, _ in held_out}
     assert len(held_out) >= 100 and len(train) >= 250
+    balanced, _ = pref.question_splits({"train_questions": 64, "train_per_topic": 5, "eval_questions": 8})
+    assert max(Counter(t for _, t in balanced).values()) == 5 and len(balanced) >= 60
+
+
+def test_wrong_topics_are_drawn_from_the_models_distribution(smollm2, monkeypatch):
+    """Every wrong topic the model gives no probability is never drawn; the likelier ones are drawn more."""
+    model, tokenizer = smollm2
+    questions = [(f"question {i}", "food") for i in range(60)]
+    logps = torch.full((60, len(TOPICS)), -float("inf"))
+    likely = {"ai": 0.0, "money": -1.0, "sports": -3.0}
+    for t, v in likely.items():
+        logps[:, TOPICS.index(t)] = v
+    logps[:, TOPICS.index("food")] = 5.0   # the right topic is never a rejected one, however likely
+    monkeypatch.setattr(pref, "topic_logprobs", lambda *a, **k: logps)
+    monkeypatch.setattr(pref, "greedy_replies", lambda m, t, prompts, *a, **k: ["food"] * len(prompts))
+    pairs = pref.build_pairs(model, tokenizer, questions, wrong_per_question=1)
+    assert all(p.kind == "topic" for p in pairs)   # the reply was right: no reply pair
+    counts = Counter(pref.normalise(p.rejected) for p in pairs)
+    assert set(counts) <= set(likely) and counts["ai"] > counts["money"] > counts["sports"]
+
+
+def test_reply_shares_and_unseen_rejections():
+    assert pref.most_common_share(["AI", "ai", "food"][i].lower() for i in range(3)) == ("ai", 2 / 3)
+    assert pref.most_common_share([]) == (None, 0.0)
+    train = [pref.Pair("q1", "food", "food", "sports", "topic"), pref.Pair("q1", "food", "food", "I eat.", "reply")]
+    held = [pref.Pair("q2", "food", "Food.", "Sports.", "topic"), pref.Pair("q2", "food", "food", "money", "topic"),
+            pref.Pair("q3", "money", "money", "sports", "topic"), pref.Pair("q2", "food", "food", "Yum", "reply")]
+    assert pref.unseen_rejections(train, held) == [False, True, True, False]
 
 
 # ---- the reward model --------------------------------------------------------------------------------

@@ -13,9 +13,11 @@ policy with its LoRA adapters switched off: no second copy of the model.
 
 The pairs (`python -m llmscratch.preference --preset cpu`): chapter 09's target task, naming the topic of a
 chatterbot question in one word. Chosen: the right topic. Rejected: SmolLM2-135M-Instruct's own reply to the
-question (a sentence, the format it fails) or its favourite wrong topic. Both properties can be checked by a
-program, so the effect of DPO on generations is measured, not only on log-probs. Pairs are split by question:
-no held-out prompt is ever trained on.
+question (a sentence, the format it fails), or one of several wrong topics drawn from the model's own distribution
+over the thirteen (the right format, the wrong content). Both properties can be checked by a program, so the effect
+of DPO on generations is measured, not only on log-probs. Pairs are split by question: no held-out prompt is ever
+trained on. The run adds the chosen replies' SFT loss to DPO's (sft_weight; RPO): without it, DPO lowers the
+chosen replies' likelihood with the rejected ones' and the tuned model stops ending its replies.
 """
 
 import argparse
@@ -23,6 +25,7 @@ import contextlib
 import json
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,34 +81,73 @@ def greedy_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens: 
     return out
 
 
+def reply_ids(tokenizer, question: str, reply: str) -> list[int]:
+    """The token ids a reply is scored on (chapter 09's labels): its tokens and <|im_end|>."""
+    example = sft.encode_chat(sft.topic_messages(question, reply), tokenizer)
+    return [t for t in example["labels"] if t != IGNORE_INDEX]
+
+
 @torch.no_grad()
-def likeliest_wrong_topics(model, tokenizer, questions: list[tuple[str, str]], batch_size: int = 32) -> list[str]:
-    """For each (question, topic): the wrong topic whose first token the model rates highest as the start of
-    its reply (one forward pass per prompt; the model's own favourite mistake, not a random one)."""
+def topic_logprobs(model, tokenizer, questions: list[tuple[str, str]], batch_size: int = 16) -> torch.Tensor:
+    """(N, len(TOPICS)): log pi(topic | question) of each topic word as the whole reply, scored as pair_logprobs
+    scores a reply (its tokens and <|im_end|>): the model's own distribution over the thirteen answers. Each
+    prompt goes through the model once; its KV cache is shared by the thirteen candidates."""
+    was_training = model.training
+    model.eval()
     device = next(model.parameters()).device
-    first = [tokenizer.encode(t, add_special_tokens=False)[0] for t in TOPICS]
-    out = []
-    for k in range(0, len(questions), batch_size):
-        chunk = questions[k:k + batch_size]
-        examples = [sft.encode_chat(sft.topic_messages(q, "x"), tokenizer) for q, _ in chunk]
-        starts = [next(i for i, l in enumerate(e["labels"]) if l != IGNORE_INDEX) for e in examples]   # reply starts
-        batch = sft.collate(examples, tokenizer.pad_token_id)
-        logits = model(batch["input_ids"].to(device))[0]                                 # (b, T, vocab)
-        for b, ((_, topic), s) in enumerate(zip(chunk, starts)):
-            scores = logits[b, s - 1, first].tolist()                                    # the logits before the reply
-            out.append(max((sc, t) for sc, t in zip(scores, TOPICS) if t != topic)[1])
+    K = len(TOPICS)
+    candidates = [reply_ids(tokenizer, questions[0][0], t) for t in TOPICS] if questions else []
+    L = max(map(len, candidates), default=0)
+    cand = torch.tensor([c + [c[-1]] * (L - len(c)) for c in candidates], device=device)           # (K, L)
+    scored = torch.arange(L, device=device) < torch.tensor([len(c) for c in candidates], device=device)[:, None]
+    prompts = [sft.prompt_ids(tokenizer, sft.topic_messages(q)) for q, _ in questions]
+    by_length, out = {}, torch.zeros(len(questions), K)
+    for i, row in enumerate(prompts):
+        by_length.setdefault(len(row), []).append(i)
+    for length, rows in by_length.items():
+        for k in range(0, len(rows), batch_size):
+            chunk = rows[k:k + batch_size]
+            b = len(chunk)
+            cache = model.new_cache(b, device, max_len=length + L)
+            last = model(torch.tensor([prompts[i] for i in chunk], device=device), cache=cache)[0][:, -1]  # (b, V)
+            cache.repeat_interleave(K)                                                   # (b K) rows
+            x = cand.repeat(b, 1)                                                        # (b K, L)
+            logits = model(x, cache=cache)[0]                                            # (b K, L, V)
+            # token 0 of a candidate is predicted by the prompt's last position, token j by candidate token j - 1
+            logits = torch.cat([last.repeat_interleave(K, 0)[:, None], logits[:, :-1]], 1)
+            lp = logits.float().log_softmax(-1).gather(-1, x[..., None])[..., 0]        # (b K, L)
+            out[chunk] = (lp * scored.repeat(b, 1)).sum(-1).view(b, K).cpu()
+    model.train(was_training)
     return out
 
 
-def build_pairs(model, tokenizer, questions: list[tuple[str, str]], max_new_tokens: int = 16) -> list[Pair]:
-    """Two pairs per question when the model fails it, one when its own reply is already the topic."""
+# Chosen and rejected topic words appear in one of these spellings, the same one within a pair: a reward that
+# keys on case or a final period cannot separate them (the format check accepts all four).
+def _capital(topic: str) -> str:
+    return "AI" if topic == "ai" else topic.capitalize()
+
+
+SPELLINGS = (str, _capital, lambda t: t + ".", lambda t: _capital(t) + ".")
+
+
+def build_pairs(model, tokenizer, questions: list[tuple[str, str]], max_new_tokens: int = 16,
+                wrong_per_question: int = 3, seed: int = 0) -> list[Pair]:
+    """Per question: the model's own greedy reply as rejected (when it is not already the topic), and
+    wrong_per_question wrong topics drawn without replacement from the model's own distribution over the wrong
+    ones (topic_logprobs): its likely mistakes, not one favourite. The chosen reply is the topic, spelled as the
+    rejected topic it faces."""
     replies = greedy_replies(model, tokenizer, [sft.topic_messages(q) for q, _ in questions], max_new_tokens)
-    wrong = likeliest_wrong_topics(model, tokenizer, questions)
+    logps = topic_logprobs(model, tokenizer, questions)                                  # (N, 13)
+    g, rng = torch.Generator().manual_seed(seed), random.Random(seed)
     pairs = []
-    for (q, topic), r, w in zip(questions, replies, wrong):
+    for (q, topic), r, lp in zip(questions, replies, logps):
         if normalise(r) != topic and r:   # a right (or empty) reply is no "rejected" example
-            pairs.append(Pair(q, topic, topic, r, "reply"))
-        pairs.append(Pair(q, topic, topic, w, "topic"))
+            pairs.append(Pair(q, topic, rng.choice(SPELLINGS)(topic), r, "reply"))
+        wrong = lp.clone()
+        wrong[TOPICS.index(topic)] = -float("inf")
+        for j in torch.multinomial(wrong.softmax(-1), min(wrong_per_question, len(TOPICS) - 1), generator=g).tolist():
+            spell = rng.choice(SPELLINGS)
+            pairs.append(Pair(q, topic, spell(topic), spell(TOPICS[j]), "topic"))
     return pairs
 
 
@@ -230,37 +272,62 @@ def metrics_of(out: dict, logps: torch.Tensor) -> dict:
             "chosen_logp": logps[:, 0].mean().item(), "rejected_logp": logps[:, 1].mean().item()}
 
 
+def chosen_nll(policy_chosen: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+    """The SFT loss of the chosen replies, -log pi per token over the batch's chosen tokens, from their sequence
+    log-probs (B,) and token counts (B,). Added to DPO with a weight (RPO, Pang et al. 2024; TRL's loss_type
+    ["sigmoid", "sft"]), it keeps the chosen replies likely: DPO alone only asks that they beat the rejected ones,
+    and can lower both."""
+    return -policy_chosen.sum() / chosen_tokens.sum().clamp(min=1)
+
+
 class DPOObjective(nn.Module):
     """The policy and its DPO loss as one module, so that chapter 05's train_step trains it unchanged:
-    forward(input_ids, ref_logps, labels) -> (None, loss). `last` holds the batch's metrics."""
+    forward(input_ids, ref_logps, labels) -> (None, loss). `last` holds the batch's metrics. sft_weight > 0 adds
+    chosen_nll with that weight."""
 
-    def __init__(self, policy, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0):
+    def __init__(self, policy, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+                 sft_weight: float = 0.0):
         super().__init__()
         self.policy, self.beta, self.loss_type, self.label_smoothing = policy, beta, loss_type, label_smoothing
+        self.sft_weight = sft_weight
         self.last = {}
 
     def forward(self, input_ids, ref_logps, labels):
         batch = {"input_ids": input_ids, "labels": labels}
+        tokens = (labels[:, 1:] != IGNORE_INDEX).sum(-1)                                          # (2B,)
         lp = sequence_logprobs(self.policy, batch, average=self.loss_type == "ipo").float()        # (2B,)
         chosen, rejected = lp.chunk(2)                                                             # (B,) each
         out = dpo_loss(chosen, rejected, ref_logps[:, 0], ref_logps[:, 1], self.beta, self.loss_type,
                        self.label_smoothing)
         self.last = metrics_of(out, torch.stack([chosen, rejected], 1).detach())
-        return None, out["loss"]
+        loss = out["loss"]
+        if self.sft_weight:
+            chosen_tokens = tokens.chunk(2)[0]
+            summed = chosen * chosen_tokens if self.loss_type == "ipo" else chosen                # (B,) sums
+            nll = chosen_nll(summed, chosen_tokens)
+            self.last["chosen_nll"] = nll.item()
+            loss = loss + self.sft_weight * nll
+        return None, loss
 
 
 # ---- the DPO run --------------------------------------------------------------------------------
 # quick: CI and autograding. cpu: the notebook on a 2-core laptop. gpu: every pair, longer.
+# train_per_topic: at most this many training questions per topic (the corpus has 40 about coding, 1 about humor:
+# unbalanced, the tuned model learns the corpus's favourite topics). wrong_per_question: topic pairs per question.
+# sft_weight: the weight of chosen_nll beside the DPO loss (0: plain DPO).
 # pairs_per_step pairs are 2x as many sequences in each forward pass. beta: the main run's; betas: the ablation's,
 # each run ablation_steps steps of ablation_pairs pairs.
 PRESETS = {
-    "quick": dict(train_questions=8, eval_questions=6, max_new_tokens=8, steps=2, pairs_per_step=2, lr=1e-3,
+    "quick": dict(train_questions=8, train_per_topic=1, eval_questions=6, wrong_per_question=2, max_new_tokens=8,
+                  sft_weight=1.0, steps=2, pairs_per_step=2, lr=1e-3,
                   warmup=1, beta=0.1, betas=(0.1,), ablation_steps=1, ablation_pairs=2, rank=8, alpha=16,
                   rm_steps=2, rm_batch=4, rm_lr=1e-4, rm_max_length=48, forget_blocks=2, shown=2),
-    "cpu": dict(train_questions=64, eval_questions=32, max_new_tokens=16, steps=16, pairs_per_step=8, lr=1e-3,
+    "cpu": dict(train_questions=64, train_per_topic=5, eval_questions=32, wrong_per_question=3, max_new_tokens=16,
+                sft_weight=1.0, steps=16, pairs_per_step=8, lr=1e-3,
                 warmup=2, beta=0.1, betas=(0.01, 0.1, 1.0), ablation_steps=6, ablation_pairs=4, rank=8, alpha=16,
                 rm_steps=40, rm_batch=16, rm_lr=1e-4, rm_max_length=48, forget_blocks=8, shown=6),
-    "gpu": dict(train_questions=None, eval_questions=None, max_new_tokens=32, steps=300, pairs_per_step=32, lr=5e-4,
+    "gpu": dict(train_questions=None, train_per_topic=20, eval_questions=None, wrong_per_question=6, max_new_tokens=32,
+                sft_weight=1.0, steps=300, pairs_per_step=32, lr=5e-4,
                 warmup=20, beta=0.1, betas=(0.01, 0.03, 0.1, 0.3, 1.0), ablation_steps=100, ablation_pairs=32,
                 rank=16, alpha=32, rm_steps=400, rm_batch=64, rm_lr=5e-5, rm_max_length=64, forget_blocks=32,
                 shown=8),
@@ -289,7 +356,7 @@ def train_dpo(model, tokenizer, pairs: list[Pair], p: dict, beta: float | None =
     elif reference.shape != (len(pairs), 2):
         raise ValueError(f"reference must hold (chosen, rejected) log-probs for each of the {len(pairs)} pairs, "
                          f"shape ({len(pairs)}, 2); got {tuple(reference.shape)}")
-    objective = DPOObjective(model, beta, loss_type, label_smoothing)
+    objective = DPOObjective(model, beta, loss_type, label_smoothing, p.get("sft_weight", 0.0))
     optimizer = configure_optimizer(model, lr=p["lr"], weight_decay=0.0)
     device = next(model.parameters()).device
     dtype = autocast_dtype(device)
@@ -335,8 +402,32 @@ def score_generations(model, tokenizer, questions: list[tuple[str, str]], max_ne
     replies = greedy_replies(model, tokenizer, [sft.topic_messages(q) for q, _ in questions], max_new_tokens)
     fmt = [normalise(r) in TOPICS for r in replies]
     right = [normalise(r) == t for r, (_, t) in zip(replies, questions)]
+    top, share = most_common_share(normalise(r) for r in replies)
     return {"format": sum(fmt) / len(fmt), "correct": sum(right) / len(right), "prompts": len(replies),
-            "replies": replies}
+            "top_reply": top, "top_reply_share": share, "replies": replies}
+
+
+def choice_accuracy(model, tokenizer, questions: list[tuple[str, str]]) -> float:
+    """How often the right topic is the likeliest of the thirteen as a whole reply (topic_logprobs): what the
+    model knows when asked to choose, whatever it would write."""
+    right = topic_logprobs(model, tokenizer, questions).argmax(-1)
+    return sum(TOPICS[i] == t for i, (_, t) in zip(right.tolist(), questions)) / len(questions)
+
+
+def most_common_share(items) -> tuple[str, float]:
+    """(the most common item, its share of all items): how far replies (or rejected topics) collapse onto one."""
+    counts = Counter(items)
+    if not counts:
+        return None, 0.0
+    top, n = counts.most_common(1)[0]
+    return top, n / sum(counts.values())
+
+
+def unseen_rejections(train_pairs: list[Pair], held_pairs: list[Pair]) -> list[bool]:
+    """For each held-out pair: is it a topic pair whose (right topic, rejected topic) never occurs among the
+    training pairs? A reward model that ranks those right has learned which topic fits, not which words lose."""
+    seen = {(p.topic, normalise(p.rejected)) for p in train_pairs if p.kind == "topic"}
+    return [p.kind == "topic" and (p.topic, normalise(p.rejected)) not in seen for p in held_pairs]
 
 
 @torch.no_grad()
@@ -429,7 +520,7 @@ def question_splits(p: dict, seed: int = 0):
     """(train, held-out) (question, topic) lists: chapter 09's split by conversation, so that no held-out
     question, in any wording, was trained on in chapter 09 or here."""
     splits = sft.conversation_splits(seed)
-    train = sft.topic_questions(splits.train)[:p["train_questions"]]
+    train = sft.topic_questions(splits.train, p.get("train_per_topic", sft.PER_TOPIC))[:p["train_questions"]]
     held_out = sft.topic_questions(splits.test)[:p["eval_questions"]]
     return train, held_out
 
@@ -448,24 +539,31 @@ def main(argv=None):
     parser.add_argument("--label-smoothing", type=float, default=0.0,
                         help="eps: cDPO with --loss sigmoid, rDPO with --loss robust")
     parser.add_argument("--steps", type=int, help="override the preset's number of steps")
+    parser.add_argument("--sft-weight", type=float, help="override the preset's weight of the SFT term (0: plain DPO)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     p = dict(PRESETS[args.preset])
     p.update({k: v for k, v in (("beta", args.beta), ("steps", args.steps)) if v})
+    if args.sft_weight is not None:
+        p["sft_weight"] = args.sft_weight
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(args.seed)
     model, tokenizer = load_smollm2(device)
     train_q, held_q = question_splits(p, args.seed)
     t0 = time.perf_counter()
-    train_pairs = build_pairs(model, tokenizer, train_q, p["max_new_tokens"])
-    held_pairs = build_pairs(model, tokenizer, held_q, p["max_new_tokens"])
+    train_pairs = build_pairs(model, tokenizer, train_q, p["max_new_tokens"], p["wrong_per_question"], args.seed)
+    held_pairs = build_pairs(model, tokenizer, held_q, p["max_new_tokens"], p["wrong_per_question"], args.seed + 1)
     print(f"{len(train_pairs)} training pairs from {len(train_q)} questions, {len(held_pairs)} held-out pairs from "
           f"{len(held_q)} questions ({time.perf_counter() - t0:.0f} s to generate)")
+    rejected = {name: most_common_share(normalise(x.rejected) for x in pairs if x.kind == "topic")
+                for name, pairs in (("train", train_pairs), ("held_out", held_pairs))}
+    print(f"most common rejected topic: {rejected}")
     apply_lora(model, sft.LORA_TARGETS, p["rank"], p["alpha"])
     held_ref = pair_logprobs(model, tokenizer, held_pairs, reference=True)
     # step 0: LoRA's B = 0, so the policy's log-probs are the reference's
     before = {**evaluate_pairs(model, tokenizer, held_pairs, p["beta"], held_ref, logps=held_ref),
               **{k: v for k, v in score_generations(model, tokenizer, held_q).items() if k != "replies"},
+              "choice_accuracy": choice_accuracy(model, tokenizer, held_q),
               "forgetting_loss": sft.text_loss(model, tokenizer, sft.forgetting_text(), blocks=p["forget_blocks"])}
     print(f"before: {json.dumps(before)}")
     bar = tqdm(total=p["steps"], desc=f"DPO ({args.loss}, beta {p['beta']}, {args.preset})")
@@ -480,13 +578,15 @@ def main(argv=None):
     generations = score_generations(model, tokenizer, held_q)
     after = {**evaluate_pairs(model, tokenizer, held_pairs, p["beta"], held_ref),
              **{k: v for k, v in generations.items() if k != "replies"},
+             "choice_accuracy": choice_accuracy(model, tokenizer, held_q),
              "forgetting_loss": sft.text_loss(model, tokenizer, sft.forgetting_text(), blocks=p["forget_blocks"]),
              "kl_general_text": text_kl(model, tokenizer, sft.forgetting_text(), blocks=p["forget_blocks"])}
     print(f"after:  {json.dumps(after)}")
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"adapter (peft format): {save_adapter(model, args.out / 'adapter', 'HuggingFaceTB/SmolLM2-135M-Instruct')}")
     results = {"preset": args.preset, "loss_type": args.loss, "label_smoothing": args.label_smoothing, **p,
-               "train_pairs": len(train_pairs), "before": before, "after": after, "log": log,
+               "train_pairs": len(train_pairs), "most_common_rejected_topic": rejected, "before": before, "after": after,
+               "replies_after": Counter(normalise(r) for r in generations["replies"]).most_common(), "log": log,
                "examples": [{"question": q, "topic": t, "reply": r}
                             for (q, t), r in list(zip(held_q, generations["replies"]))[:p["shown"]]],
                "seconds_per_step": sum(s["seconds"] for s in log) / len(log), **sft.peak_memory(device)}
