@@ -1,0 +1,6 @@
+"""Evaluating language models (chapter 12): log-likelihoods as lm-evaluation-harness computes them, multiple-choice
+and perplexity metrics, and the statistics that say when a difference is real."""
+
+from .loglikelihood import (LanguageModel, encode_pair, from_hf_tokenizer, loglikelihood, loglikelihood_rolling,
+                            loglikelihood_tokens, multiple_choice, perplexities, rolling_windows)
+from .stats import bootstrap_interval, centred, mcnemar, mean_stderr, paired_bootstrap
