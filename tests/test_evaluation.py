@@ -158,6 +158,51 @@ def test_multiple_choice_accuracy_and_stderr_equal_simple_evaluate(models, tmp_p
         assert ours[key] == pytest.approx(results[key], abs=1e-9)
 
 
+def test_fewshot_contexts_equal_the_harness(models, tmp_path):
+    lm, harness, _ = models
+    items, pool = topic_items(12), topic_items(30, seed=1)[12:]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in pool))
+    name = write_task(tmp_path, items, "course_fewshot")
+    yaml = tmp_path / f"{name}.yaml"
+    yaml.write_text(yaml.read_text().replace("    test:", f"    train: {tmp_path / 'train.jsonl'}\n    test:")
+                    + "training_split: train\nfewshot_split: train\n")
+    out = simple_evaluate(model=harness, tasks=[name], task_manager=TaskManager(include_path=str(tmp_path)),
+                          num_fewshot=3, fewshot_random_seed=1234, bootstrap_iters=0, log_samples=True, limit=4)
+    theirs = [s["arguments"][0][0] for s in out["samples"][name]]   # (context, continuation) per choice
+    examples = [(x["context"], x["choices"][x["gold"]]) for x in pool]
+    ours = ev.fewshot_contexts([x["context"] for x in items[:4]], examples, 3, seed=1234)
+    assert theirs == ours
+    with pytest.raises(ValueError, match="the pool has"):
+        ev.fewshot_contexts(["q"], examples[:2], 3)
+
+
+def test_generation_and_exact_match_equal_hflm(models, tmp_path):
+    """generate_until: greedy, cut at the first stop string; exact_match of simple_evaluate (the reply's last
+    number) on small sums, scored by the harness, for HFLM and for the course model through the adapter."""
+    lm, harness, tokenizer = models
+    rng = random.Random(0)
+    items = [{"question": f"Question: What is {a} plus {b}?\nAnswer:", "answer": str(a + b)}
+             for a, b in ((rng.randint(1, 20), rng.randint(1, 9)) for _ in range(12))]
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+    (tmp_path / "course_gen.yaml").write_text(
+        f"task: course_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'items.jsonl'}\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: \"{{question}}\"\ndoc_to_target: \"{{answer}}\"\n"
+        "generation_kwargs:\n  until: [\"\\n\"]\n  do_sample: false\n  max_gen_toks: 10\n"
+        "filter_list:\n  - name: strip\n    filter:\n      - function: regex\n        regex_pattern: \"(-?[0-9]+)\"\n        group_select: -1\n"
+        "      - function: take_first\n"
+        "metric_list:\n  - metric: exact_match\n")
+    adapter = HarnessLM(lm, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                        end_token_id=tokenizer.eos_token_id)
+    runs = {}
+    for name, model in (("hflm", harness), ("course", adapter)):
+        runs[name] = simple_evaluate(model=model, tasks=["course_gen"], bootstrap_iters=1, log_samples=True,
+                                     task_manager=TaskManager(include_path=str(tmp_path)))
+    texts = {k: [s["resps"][0][0] for s in r["samples"]["course_gen"]] for k, r in runs.items()}
+    assert texts["course"] == texts["hflm"] and len(set(texts["hflm"])) > 3
+    theirs, ours = (runs[k]["results"]["course_gen"] for k in ("hflm", "course"))
+    assert ours["exact_match,strip"] == theirs["exact_match,strip"] > 0
+
+
 def test_multiple_choice_metrics_on_ties_lengths_and_bad_input():
     # a tie goes to the first choice, as numpy's argmax in the harness
     assert ev.multiple_choice([-1.0, -1.0], ["a", "b"], 0)["acc"] == 1.0
