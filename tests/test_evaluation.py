@@ -237,3 +237,37 @@ def test_statistics():
         ev.paired_bootstrap([1, 0], [1])
     with pytest.raises(ValueError, match="at least 2"):
         ev.mean_stderr([1.0])
+
+
+# ---- contamination ------------------------------------------------------------------------------------------
+def brute_force_share(item, documents, n, chinese=False):
+    """The share of the item's n-grams that occur inside one document, by searching each document's unit string."""
+    sep = "" if chinese else " "
+    grams = ev.contamination.ngrams(item, n, chinese)
+    docs = [f"{sep}{sep.join(ev.contamination.units(d, chinese))}{sep}" for d in documents]
+    hits = sum(any(f"{sep}{sep.join(g)}{sep}" in d for d in docs) for g in grams)
+    return hits / len(grams) if grams else 0.0
+
+
+def test_ngram_overlap_equals_brute_force_search():
+    text = sft.forgetting_text()
+    paragraphs = [p for p in text.split("\n\n") if len(p.split()) > 30]
+    training, unseen = paragraphs[:40], paragraphs[40:60]
+    items = []
+    for p in training[:10] + unseen[:10]:   # copied, half-copied, lower-cased with punctuation changed
+        words = p.split()
+        items += [p, " ".join(words[:len(words) // 2] + ["novel"] * 20), p.upper().replace(".", ";")]
+    items += ["too short to match", ""]
+    for n in (5, 13):
+        table = ev.contamination.corpus_ngrams(training, n)
+        got = ev.contamination.overlap(items, table, n)
+        assert got == pytest.approx([brute_force_share(x, training, n) for x in items])
+        assert got[0] == 1 and got[2] == 1 and 0 < got[1] < 1 and got[-1] == got[-2] == 0
+        assert max(got[30:60]) < 0.2   # paragraphs never trained on
+    # an n-gram across the end of one document and the start of the next is not in the corpus
+    assert ev.contamination.overlap(["c d e"], ev.contamination.corpus_ngrams(["a b c d", "e f g"], 3), 3) == [0.0]
+    # Chinese: n-grams of characters, punctuation and spaces ignored
+    zh = ev.contamination.corpus_ngrams(["这家宾馆的服务很好，早餐也不错。"], 4, chinese=True)
+    assert ev.contamination.overlap(["服务很好 早餐", "房间太小了"], zh, 4, chinese=True) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="at least 1"):
+        ev.contamination.ngrams("a b", 0)
