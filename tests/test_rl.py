@@ -395,3 +395,23 @@ def test_command_line_writes_a_peft_adapter_and_results(tmp_path):
     again = rl.evaluate(model, tokenizer, eval_set, p["max_new_tokens"])
     assert [e["after"] for e in saved["examples"]] == again["replies"][:p["shown"]]
     assert again["accuracy"] == saved["after"]["accuracy"] and again["format"] == saved["after"]["format"]
+
+
+def test_answer_line_examples_keep_right_replies_and_write_the_line_under_them(monkeypatch, smollm2):
+    """The long preset's second stage: right replies (by their last number) kept, the verifier's answer line
+    written under those without one, a reply already in the format kept as it is, wrong ones dropped."""
+    model, tokenizer = smollm2
+    problems = [rl.Problem("What is 2 + 3?", 5, "sum", (2, 3)), rl.Problem("What is 4 x 2?", 8, "times", (4, 2))]
+    texts = ["2 + 3 = 5", "2 + 3 = 6", "Adding them:\nAnswer: 5", "4 x 2 = 8.", "I do not know", "4 x 2 = 9"]
+
+    def fake_sample(model, tokenizer, prompts, group_size, *args, **kwargs):
+        assert group_size == 3 and len(prompts) == 2
+        return SimpleNamespace(texts=texts, group_size=group_size)
+
+    monkeypatch.setattr(rl, "sample", fake_sample)
+    p = {**rl.PRESETS["quick"], "format_samples": 3}
+    examples = rl.answer_line_examples(model, tokenizer, problems, p)
+    replies = [tokenizer.decode([t for t in e["labels"] if t != sft.IGNORE_INDEX], skip_special_tokens=True)
+               for e in examples]
+    assert replies == ["2 + 3 = 5\nAnswer: 5", "Adding them:\nAnswer: 5", "4 x 2 = 8.\nAnswer: 8"]
+    assert all(rl.follows_format(r) for r in replies)

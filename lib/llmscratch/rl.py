@@ -394,8 +394,10 @@ def pass_at_k_curve(model, tokenizer, problems: list[Problem], n: int, ks, max_n
 # ---- the GRPO run -------------------------------------------------------------------------------------
 # quick: CI and autograding. cpu: the notebook on a 2-core laptop (at lr 1e-3 two of three seeds ended below the base
 # model on the unseen operands, 15% and 22% from 35%; at 5e-4 23-47%). long: the command line's run on the same laptop
-# (tens of minutes; at lr 1e-3 a run of this length drifted into replies cut at the maximum length, at 5e-4 it did
-# not). gpu: more prompts, bigger groups, longer replies. A step samples prompts_per_step prompts x
+# (half an hour), in two stages: GRPO on the correctness reward alone (with the format reward from the start, the
+# format reached 99.6% and the accuracy stayed at the base model's), then format_steps of SFT on its own right
+# replies with the answer line written under them (answer_line_examples). gpu: more prompts, bigger groups, longer
+# replies, both rewards from the start (not measured on the new task). A step samples prompts_per_step prompts x
 # group_size completions, then makes inner_updates optimizer steps on them (1: on-policy, old = the policy itself).
 # micro_batch: rows per forward and backward of an update (None: all at once); the gpu preset's 256 rollouts at once
 # would need about 33 GiB (llmscratch.gpucheck's estimate), 64 at a time fit a 16 GB card.
@@ -404,22 +406,23 @@ PRESETS = {
                   max_new_tokens=12,
                   temperature=0.5, top_p=None, lr=1e-3, warmup=0, inner_updates=1, beta=0.0, epsilon=0.2,
                   epsilon_high=None, aggregation="grpo", scale=True, rank=8, alpha=16, micro_batch=None,
-                  pass_k_problems=4, pass_k_samples=4, rft_steps=1, shown=2),
+                  pass_k_problems=4, pass_k_samples=4, rft_steps=1, reward="correct+format", format_steps=0, shown=2),
     "cpu": dict(train_problems=512, eval_problems=60, transfer_problems=30, steps=8, prompts_per_step=4, group_size=4,
                 max_new_tokens=32,
                 temperature=0.5, top_p=None, lr=5e-4, warmup=1, inner_updates=1, beta=0.0, epsilon=0.2,
                 epsilon_high=None, aggregation="grpo", scale=True, rank=8, alpha=16, micro_batch=None,
-                pass_k_problems=6, pass_k_samples=8, rft_steps=2, shown=4),
-    "long": dict(train_problems=2048, eval_problems=240, transfer_problems=120, steps=60, prompts_per_step=2,
+                pass_k_problems=6, pass_k_samples=8, rft_steps=2, reward="correct+format", format_steps=0, shown=4),
+    "long": dict(train_problems=2048, eval_problems=240, transfer_problems=120, steps=100, prompts_per_step=2,
                  group_size=8,
-                 max_new_tokens=48, temperature=0.5, top_p=None, lr=5e-4, warmup=3, inner_updates=1, beta=0.0,
+                 max_new_tokens=48, temperature=0.5, top_p=None, lr=1e-3, warmup=3, inner_updates=1, beta=0.0,
                  epsilon=0.2, epsilon_high=None, aggregation="grpo", scale=True, rank=8, alpha=16,
-                 micro_batch=None, pass_k_problems=50, pass_k_samples=16, rft_steps=0, shown=8),
+                 micro_batch=None, pass_k_problems=50, pass_k_samples=16, rft_steps=0, reward="correct",
+                 format_steps=20, format_problems=256, format_samples=4, format_lr=5e-4, shown=8),
     "gpu": dict(train_problems=8192, eval_problems=300, transfer_problems=196, steps=300, prompts_per_step=16,
                 group_size=16,
                 max_new_tokens=64, temperature=0.5, top_p=None, lr=5e-4, warmup=10, inner_updates=2, beta=0.0,
                 epsilon=0.2, epsilon_high=0.28, aggregation="grpo", scale=True, rank=16, alpha=32, micro_batch=64,
-                pass_k_problems=100, pass_k_samples=32, rft_steps=100, shown=8),
+                pass_k_problems=100, pass_k_samples=32, rft_steps=100, reward="correct+format", format_steps=0, shown=8),
 }
 
 
@@ -548,15 +551,37 @@ def rejection_sampling_examples(tokenizer, problems: list[Problem], r: Rollouts,
     return examples
 
 
-def rejection_sampling_fine_tune(model, tokenizer, examples: list[dict], p: dict, seed: int = 0) -> list[dict]:
-    """Chapter 09's SFT (LoRA, the adapters already applied) on the model's own correct replies."""
+def rejection_sampling_fine_tune(model, tokenizer, examples: list[dict], p: dict, seed: int = 0,
+                                 steps: int | None = None, lr: float | None = None) -> list[dict]:
+    """Chapter 09's SFT (LoRA, the adapters already applied) on the model's own correct replies: p["rft_steps"]
+    steps at p["lr"] unless steps and lr are given."""
     if not examples:
         raise ValueError("no correct reply among the samples: nothing to fine-tune on (sample more, or more problems)")
-    q = {"steps": p["rft_steps"], "batch_size": min(16, len(examples)), "accum": 1, "lr_lora": p["lr"],
-         "warmup": p["warmup"]}
+    q = {"steps": p["rft_steps"] if steps is None else steps, "batch_size": min(16, len(examples)), "accum": 1,
+         "lr_lora": p["lr"] if lr is None else lr, "warmup": p["warmup"]}
     log, _ = sft.fine_tune(model, tokenizer, examples, q, "lora", seed=seed)
     model.eval()
     return log
+
+
+def answer_line_examples(model, tokenizer, problems: list[Problem], p: dict, seed: int = 0,
+                         batch_size: int = 32) -> list[dict]:
+    """The format taught without a format reward (the long preset's second stage): p["format_samples"] replies
+    sampled per problem, those whose answer is right kept, and the verifier's line "Answer: <n>" written under
+    each that lacks it; chapter 09's SFT examples. After a correctness-only run the policy never writes the line
+    itself, so a format reward would have nothing to reinforce."""
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    examples = []
+    for k in range(0, len(problems), batch_size):
+        chunk = problems[k:k + batch_size]
+        r = sample(model, tokenizer, [q.messages for q in chunk], p["format_samples"], p["max_new_tokens"],
+                   p["temperature"], p["top_p"], generator=g)
+        for j, text in enumerate(r.texts):
+            q = chunk[j // r.group_size]
+            if extract_answer(text) == q.answer:
+                reply = text if follows_format(text) else f"{text.rstrip()}\nAnswer: {q.answer}"
+                examples.append(sft.encode_chat(q.messages + [{"role": "assistant", "content": reply}], tokenizer))
+    return examples
 
 
 # ---- the command line ---------------------------------------------------------------------------------------
@@ -599,8 +624,14 @@ def main(argv=None):
                         zero=f"{s['zero_variance']:.2f}", len=f"{s['length']:.0f}",
                         kl="-" if s["kl"] is None else f"{s['kl']:.4f}")
 
-    log = train_grpo(model, tokenizer, train_set, p, on_step=on_step, seed=args.seed)
+    rewards = {"correct+format": reward, "correct": correctness_reward}
+    log = train_grpo(model, tokenizer, train_set, p, on_step=on_step, seed=args.seed, reward_fn=rewards[p["reward"]])
     bar.close()
+    if p["format_steps"]:   # the answer line, taught by SFT on the policy's own right replies
+        examples = answer_line_examples(model, tokenizer, train_set[:p["format_problems"]], p, args.seed)
+        print(f"the answer line: {len(examples)} right replies of {p['format_problems'] * p['format_samples']} "
+              f"samples, {p['format_steps']} SFT steps")
+        rejection_sampling_fine_tune(model, tokenizer, examples, p, args.seed, p["format_steps"], p["format_lr"])
     after = evaluate(model, tokenizer, eval_set, p["max_new_tokens"])
     transfer_after = evaluate(model, tokenizer, transfer, p["max_new_tokens"])
     print(f"after:  {_summary(after)}; transfer: {_summary(transfer_after)}")
