@@ -4,6 +4,7 @@ its own tokenization helpers, and simple_evaluate on a task given as local YAML 
 scipy."""
 
 import json
+import math
 import random
 from types import SimpleNamespace
 
@@ -126,7 +127,7 @@ def write_task(folder, items, name="course_mc"):
     return name
 
 
-def topic_items(n=40, seed=0):
+def topic_items(n=24, seed=0):
     """Chapter 09's topic task as four choices: the right topic and three others, in a seeded order."""
     rng = random.Random(seed)
     out = []
@@ -182,7 +183,7 @@ def test_generation_and_exact_match_equal_hflm(models, tmp_path):
     lm, harness, tokenizer = models
     rng = random.Random(0)
     items = [{"question": f"Question: What is {a} plus {b}?\nAnswer:", "answer": str(a + b)}
-             for a, b in ((rng.randint(1, 20), rng.randint(1, 9)) for _ in range(12))]
+             for a, b in ((rng.randint(1, 20), rng.randint(1, 9)) for _ in range(8))]
     (tmp_path / "items.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
     (tmp_path / "course_gen.yaml").write_text(
         f"task: course_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'items.jsonl'}\n"
@@ -271,3 +272,38 @@ def test_ngram_overlap_equals_brute_force_search():
     assert ev.contamination.overlap(["服务很好 早餐", "房间太小了"], zh, 4, chinese=True) == [1.0, 0.0]
     with pytest.raises(ValueError, match="at least 1"):
         ev.contamination.ngrams("a b", 0)
+
+
+# ---- one scale for every course model: bits per byte ----------------------------------------------------------
+def test_a_bigram_table_and_a_gpt_are_scored_by_the_same_code():
+    """Chapter 00's bigram (a table) and a course GPT, each with the course's BPE, both through loglikelihood_rolling:
+    the bigram's log-likelihood equals chapter 00's bigram_nll on the same ids (the prefix token first), the GPT's
+    equals its own cross-entropy on a text within one window, and across windows every token is scored once."""
+    from llmscratch.bigram import BigramLM, bigram_counts, bigram_nll, counts_to_probs
+    from llmscratch.gpt import GPT, GPTConfig
+    from llmscratch.tokenizers import BPETokenizer
+
+    text = sft.forgetting_text()
+    tokenizer = BPETokenizer.train(text[:20000], 300, special_tokens=["<|endoftext|>"])
+    eot = tokenizer.special_tokens["<|endoftext|>"]
+    train = torch.tensor(tokenizer.encode(text[:20000]))
+    probs = counts_to_probs(bigram_counts(train, tokenizer.vocab_size))
+    docs = [text[20000:21500], text[30000:30700]]
+    bigram = ev.LanguageModel(BigramLM(probs), tokenizer.encode, eot, max_length=16)
+    for doc, lp in zip(docs, ev.loglikelihood_rolling(bigram, docs)):
+        ids = torch.tensor([eot] + tokenizer.encode(doc))
+        assert lp == pytest.approx(-bigram_nll(probs, ids) * (len(ids) - 1), rel=1e-5)
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    lm = ev.from_course_bpe(gpt, tokenizer)
+    short = text[35000:35040]
+    ids = torch.tensor([[eot] + tokenizer.encode(short)])
+    assert 10 < len(ids[0]) <= 33   # one window
+    with torch.no_grad():
+        loss = gpt(ids[:, :-1], ids[:, 1:])[1].item()
+    assert ev.loglikelihood_rolling(lm, [short])[0] == pytest.approx(-loss * (ids.shape[1] - 1), rel=1e-5)
+    wide = ev.loglikelihood_rolling(ev.from_course_bpe(gpt, tokenizer, max_length=8), docs)
+    assert all(math.isfinite(x) and x < 0 for x in wide)
+    scores = {name: ev.perplexities(ev.loglikelihood_rolling(m, docs), docs)["bits_per_byte"]
+              for name, m in (("bigram", bigram), ("untrained GPT", lm))}
+    assert scores["bigram"] < scores["untrained GPT"]   # a trained table beats random weights, on one scale

@@ -46,6 +46,18 @@ def unigram_nll(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int
     return -torch.log(counts[eval_ids] / counts.sum()).mean().item()
 
 
+class BigramLM(torch.nn.Module):
+    """A bigram table as a language model with the course's contract, forward(idx) -> (logits, None): the logits at
+    each position are log P(next | this token), so an evaluation that scores transformers scores it too."""
+
+    def __init__(self, probs: torch.Tensor):
+        super().__init__()
+        self.register_buffer("log_probs", probs.float().log())                      # (V, V)
+
+    def forward(self, idx, targets=None):
+        return self.log_probs[idx], None                                             # (B, T, V)
+
+
 def perplexity(nll: float) -> float:
     """exp(mean NLL): the number of equally likely choices the model is as unsure as."""
     return math.exp(nll)

@@ -14,6 +14,7 @@ The details decide whether two implementations agree to the fourth decimal:
 - too long: the harness cuts the context's start with a warning. Here that is refused unless asked for.
 """
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -33,14 +34,20 @@ class LanguageModel:
     batch_size: int = 16
 
     @property
-    def device(self):
-        return next(self.model.parameters()).device
+    def device(self):   # a bigram table has buffers and no parameters
+        return next(itertools.chain(self.model.parameters(), self.model.buffers())).device
 
 
 def from_hf_tokenizer(model, tokenizer, max_length: int | None = None, batch_size: int = 16) -> LanguageModel:
     """A course model with a Hugging Face tokenizer (SmolLM2 in the course's Llama, chapter 08)."""
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     return LanguageModel(model, lambda text: tokenizer.encode(text, add_special_tokens=False), prefix,
+                         max_length or model.config.block_size, batch_size)
+
+
+def from_course_bpe(model, tokenizer, max_length: int | None = None, batch_size: int = 16) -> LanguageModel:
+    """A course model with the course's byte-level BPE (chapters 01 and 05): an empty context is <|endoftext|>."""
+    return LanguageModel(model, tokenizer.encode, tokenizer.special_tokens["<|endoftext|>"],
                          max_length or model.config.block_size, batch_size)
 
 
