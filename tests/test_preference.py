@@ -332,10 +332,12 @@ def test_greedy_replies_equal_one_prompt_at_a_time(smollm2):
 
 def test_topic_logprobs_equal_each_reply_scored_alone(smollm2):
     model, tokenizer = smollm2
-    got = pref.topic_logprobs(model, tokenizer, QUESTIONS[:3] + [("how much do you charge", "money")], batch_size=2)
-    pairs = [pref.Pair(q, t, t, w, "topic") for q, t in QUESTIONS[:3] + [("how much do you charge", "money")]
-             for w in TOPICS]
-    expected = pref.pair_logprobs(model, tokenizer, pairs)[:, 1].view(4, len(TOPICS))
+    questions = [QUESTIONS[0], ("how much do you charge", "money"), ("Do you like football?", "sports")]
+    got = pref.topic_logprobs(model, tokenizer, questions, batch_size=1)   # prompts of two lengths, in two batches
+    # each pair scores two topics, chosen and rejected: 7 pairs cover the thirteen (the last one twice)
+    pairs = [pref.Pair(q, t, TOPICS[i], TOPICS[min(i + 1, len(TOPICS) - 1)], "topic")
+             for q, t in questions for i in range(0, len(TOPICS), 2)]
+    expected = pref.pair_logprobs(model, tokenizer, pairs).view(3, -1)[:, :len(TOPICS)]   # (3, 13)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     model.train()
     pref.topic_logprobs(model, tokenizer, QUESTIONS[:1])
@@ -346,7 +348,7 @@ def test_topic_logprobs_equal_each_reply_scored_alone(smollm2):
 def test_pairs_reject_the_models_own_mistakes_and_split_by_question(smollm2):
     model, tokenizer = smollm2
     splits = sft.conversation_splits()
-    questions = sft.topic_questions(splits.test)[:6]
+    questions = sft.topic_questions(splits.test)[:4]
     pairs = pref.build_pairs(model, tokenizer, questions, max_new_tokens=8, wrong_per_question=3)
     assert {p.question for p in pairs} == {q for q, _ in questions}
     for p in pairs:

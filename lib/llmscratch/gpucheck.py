@@ -271,8 +271,8 @@ def dpo(budget: Budget, device) -> Row:
     p = dict(PRESETS["gpu"], steps=budget.steps)
     if budget.batch_size:
         p["pairs_per_step"] = budget.batch_size
-    if budget.eval_examples is not None:
-        p.update(train_questions=budget.eval_examples, eval_questions=budget.eval_examples)
+    if budget.eval_examples is not None:   # a brief run: a few questions, one wrong topic each
+        p.update(train_questions=budget.eval_examples, eval_questions=budget.eval_examples, wrong_per_question=1)
     p["max_new_tokens"] = min(p["max_new_tokens"], budget.new_tokens)
     torch.manual_seed(0)
     model, tokenizer = load_smollm2(device)

@@ -318,7 +318,7 @@ class DPOObjective(nn.Module):
 # pairs_per_step pairs are 2x as many sequences in each forward pass. beta: the main run's; betas: the ablation's,
 # each run ablation_steps steps of ablation_pairs pairs.
 PRESETS = {
-    "quick": dict(train_questions=8, train_per_topic=1, eval_questions=6, wrong_per_question=2, max_new_tokens=8,
+    "quick": dict(train_questions=6, train_per_topic=1, eval_questions=4, wrong_per_question=1, max_new_tokens=8,
                   sft_weight=1.0, steps=2, pairs_per_step=2, lr=1e-3,
                   warmup=1, beta=0.1, betas=(0.1,), ablation_steps=1, ablation_pairs=2, rank=8, alpha=16,
                   rm_steps=2, rm_batch=4, rm_lr=1e-4, rm_max_length=48, forget_blocks=2, shown=2),
