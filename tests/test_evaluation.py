@@ -189,8 +189,8 @@ def test_generation_and_exact_match_equal_hflm(models, tmp_path):
         f"task: course_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'items.jsonl'}\n"
         "test_split: test\noutput_type: generate_until\ndoc_to_text: \"{{question}}\"\ndoc_to_target: \"{{answer}}\"\n"
         "generation_kwargs:\n  until: [\"\\n\"]\n  do_sample: false\n  max_gen_toks: 10\n"
-        "filter_list:\n  - name: strip\n    filter:\n      - function: regex\n        regex_pattern: \"(-?[0-9]+)\"\n        group_select: -1\n"
-        "      - function: take_first\n"
+        "filter_list:\n  - name: strip\n    filter:\n      - function: regex\n"
+        "        regex_pattern: \"(-?[0-9]+)\"\n        group_select: -1\n      - function: take_first\n"
         "metric_list:\n  - metric: exact_match\n")
     adapter = HarnessLM(lm, decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                         end_token_id=tokenizer.eos_token_id)

@@ -49,7 +49,8 @@ def trl_loss(per_token, mask, ref, loss_type, beta, eps, sft_weight=None):
             device="cpu", gather=lambda x: x, gather_for_metrics=lambda x: x),
         aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
         loss_types=[loss_type] + ["sft"] * (sft_weight is not None),
-        loss_weights=[1.0] + [sft_weight] * (sft_weight is not None), beta=beta, label_smoothing=eps, use_weighting=False,
+        loss_weights=[1.0] + [sft_weight] * (sft_weight is not None), beta=beta, label_smoothing=eps,
+        use_weighting=False,
         _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1)
     inputs = {"input_ids": torch.zeros(n, mask.size(1), dtype=torch.long), "attention_mask": torch.ones_like(mask),
               "completion_mask": mask, "ref_chosen_logps": ref[:n // 2], "ref_rejected_logps": ref[n // 2:]}
@@ -355,7 +356,8 @@ def test_pairs_reject_the_models_own_mistakes_and_split_by_question(smollm2):
         assert pref.normalise(p.chosen) == p.topic and pref.normalise(p.rejected) != p.topic and p.rejected
         if p.kind == "topic":   # the same spelling on both sides: case and a period tell nothing
             assert pref.normalise(p.rejected) in TOPICS
-            assert (p.chosen[0].isupper(), p.chosen.endswith(".")) == (p.rejected[0].isupper(), p.rejected.endswith("."))
+            spelling = [(x[0].isupper(), x.endswith(".")) for x in (p.chosen, p.rejected)]
+            assert spelling[0] == spelling[1]
     for q, _ in questions:   # three different wrong topics per question
         wrong = [pref.normalise(p.rejected) for p in pairs if p.question == q and p.kind == "topic"]
         assert len(wrong) == len(set(wrong)) == 3

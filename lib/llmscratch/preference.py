@@ -585,7 +585,8 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"adapter (peft format): {save_adapter(model, args.out / 'adapter', 'HuggingFaceTB/SmolLM2-135M-Instruct')}")
     results = {"preset": args.preset, "loss_type": args.loss, "label_smoothing": args.label_smoothing, **p,
-               "train_pairs": len(train_pairs), "most_common_rejected_topic": rejected, "before": before, "after": after,
+               "train_pairs": len(train_pairs), "most_common_rejected_topic": rejected, "before": before,
+               "after": after,
                "replies_after": Counter(normalise(r) for r in generations["replies"]).most_common(), "log": log,
                "examples": [{"question": q, "topic": t, "reply": r}
                             for (q, t), r in list(zip(held_q, generations["replies"]))[:p["shown"]]],

@@ -422,7 +422,8 @@ PRESETS = {
                 group_size=16,
                 max_new_tokens=64, temperature=0.5, top_p=None, lr=5e-4, warmup=10, inner_updates=2, beta=0.0,
                 epsilon=0.2, epsilon_high=0.28, aggregation="grpo", scale=True, rank=16, alpha=32, micro_batch=64,
-                pass_k_problems=100, pass_k_samples=32, rft_steps=100, reward="correct+format", format_steps=0, shown=8),
+                pass_k_problems=100, pass_k_samples=32, rft_steps=100, reward="correct+format", format_steps=0,
+                shown=8),
 }
 
 

@@ -113,7 +113,7 @@ def rolling_windows(tokens: list[int], prefix_token: int, max_length: int):
     while done < len(tokens):
         end = min(done + max_length, len(tokens))
         context = [prefix_token] + tokens[:done] if done == 0 else tokens[:done]
-        window = (context + tokens[done:end])[-(max_length + 1):]                            # its last token is a target
+        window = (context + tokens[done:end])[-(max_length + 1):]                  # its last token is a target
         windows.append((window[:-1], tokens[done:end]))
         done = end
     return windows

@@ -41,7 +41,8 @@ def paired_bootstrap(a, b, resamples: int = 10_000, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     means = d[torch.randint(0, d.numel(), (resamples, d.numel()), generator=g)].mean(1)
     lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64))
-    return {"difference": d.mean().item(), "interval": (lo.item(), hi.item()), "p_value": (means <= 0).float().mean().item()}
+    return {"difference": d.mean().item(), "interval": (lo.item(), hi.item()),
+            "p_value": (means <= 0).float().mean().item()}
 
 
 def mcnemar(a, b) -> dict:
