@@ -294,7 +294,6 @@ class DPOObjective(nn.Module):
 
     def forward(self, input_ids, ref_logps, labels):
         batch = {"input_ids": input_ids, "labels": labels}
-        tokens = (labels[:, 1:] != IGNORE_INDEX).sum(-1)                                          # (2B,)
         lp = sequence_logprobs(self.policy, batch, average=self.loss_type == "ipo").float()        # (2B,)
         chosen, rejected = lp.chunk(2)                                                             # (B,) each
         out = dpo_loss(chosen, rejected, ref_logps[:, 0], ref_logps[:, 1], self.beta, self.loss_type,
@@ -302,7 +301,7 @@ class DPOObjective(nn.Module):
         self.last = metrics_of(out, torch.stack([chosen, rejected], 1).detach())
         loss = out["loss"]
         if self.sft_weight:
-            chosen_tokens = tokens.chunk(2)[0]
+            chosen_tokens = (labels[:, 1:] != IGNORE_INDEX).sum(-1).chunk(2)[0]                    # (B,)
             summed = chosen * chosen_tokens if self.loss_type == "ipo" else chosen                # (B,) sums
             nll = chosen_nll(summed, chosen_tokens)
             self.last["chosen_nll"] = nll.item()
